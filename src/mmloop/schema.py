@@ -1,0 +1,160 @@
+"""The sample record: declared once, used by every stage.
+
+Every row that flows through the loop is a sample: seed conversations,
+bad cases found by evaluation, queries chosen by sampling, generated and
+evolved instructions. One schema for all of them keeps lineage a single
+recursive query over every parquet file of every iteration.
+
+Field meanings:
+- sample_id: derived from content (`make_sample_id`); the same inputs give the same id.
+- parent_ids: the samples this one was made from (bad cases, queries, seeds).
+- iteration: the loop iteration that made the row (0 = seed and base model).
+- origin: see ORIGINS.
+- image / image_sha256: path relative to the data root of the content-addressed
+  image store (`images/ab/abcd...png`), and the sha256 of its bytes.
+- conversations: `{role, content}` turns, role in ROLES. The image belongs to the
+  first user turn; contents carry no image placeholder tokens.
+- category / format / question / options / answer: what the sample asks. `answer`
+  is the text of the correct option (for mcq it is one of `options`); `format`
+  "conversation" marks a multi-round sample mixing categories (category "mixed").
+- provenance: who made it and how (backend, model, prompt, request hash, operator,
+  round, the question program as JSON, the source file).
+- scores: filter scores; null when not computed.
+- kept / reject_reason: the elimination verdict; null before elimination.
+
+Benchmark predictions have their own schema (`prediction_schema`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from mmloop.io import stable_hash
+
+ORIGINS = ("seed", "badcase", "query", "generated", "evolved", "self", "preference")
+FORMATS = ("mcq", "short", "open", "yes_no", "caption", "conversation")
+ROLES = ("system", "user", "assistant")
+OPTION_LETTERS = "ABCDEFGH"
+MIXED_CATEGORY = "mixed"
+
+PROVENANCE_FIELDS = (
+    "backend", "model", "prompt_id", "prompt_sha256", "request_hash",
+    "operator", "round", "program", "source",
+)
+SCORE_FIELDS = ("clip", "evolution_gain", "judge", "visual_independence", "duplicate_cluster")
+
+
+@functools.cache
+def sample_schema():
+    import pyarrow as pa
+
+    turn = pa.struct([("role", pa.string()), ("content", pa.string())])
+    provenance = pa.struct([
+        ("backend", pa.string()), ("model", pa.string()),
+        ("prompt_id", pa.string()), ("prompt_sha256", pa.string()),
+        ("request_hash", pa.string()), ("operator", pa.string()),
+        ("round", pa.int32()), ("program", pa.string()), ("source", pa.string()),
+    ])
+    scores = pa.struct([
+        ("clip", pa.float64()), ("evolution_gain", pa.float64()), ("judge", pa.float64()),
+        ("visual_independence", pa.float64()), ("duplicate_cluster", pa.int64()),
+    ])
+    return pa.schema([
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("parent_ids", pa.list_(pa.string())),
+        pa.field("iteration", pa.int32(), nullable=False),
+        pa.field("origin", pa.string(), nullable=False),
+        pa.field("image", pa.string()),
+        pa.field("image_sha256", pa.string()),
+        pa.field("conversations", pa.list_(turn)),
+        pa.field("category", pa.string()),
+        pa.field("format", pa.string()),
+        pa.field("question", pa.string()),
+        pa.field("options", pa.list_(pa.string())),
+        pa.field("answer", pa.string()),
+        pa.field("provenance", provenance),
+        pa.field("scores", scores),
+        pa.field("kept", pa.bool_()),
+        pa.field("reject_reason", pa.string()),
+    ])
+
+
+@functools.cache
+def prediction_schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        pa.field("item", pa.string(), nullable=False),
+        pa.field("benchmark", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("iteration", pa.int32()),
+        pa.field("mode", pa.string()),
+        pa.field("category", pa.string()),
+        pa.field("l2_category", pa.string()),
+        pa.field("question", pa.string()),
+        pa.field("options", pa.list_(pa.string())),
+        pa.field("answer", pa.string()),
+        pa.field("prediction", pa.string()),
+        pa.field("correct", pa.bool_()),
+        pa.field("option_scores", pa.list_(pa.float64())),
+        pa.field("latency_ms", pa.float64()),
+        pa.field("image_sha256", pa.string()),
+    ])
+
+
+def make_sample_id(image_sha256: str | None, conversations: Sequence[Mapping[str, str]],
+                   origin: str, *extra: Any) -> str:
+    """Content-derived id: image hash plus conversation plus origin (plus any extra key)."""
+    turns = [[turn["role"], turn["content"]] for turn in conversations]
+    return f"{origin[:3]}-{stable_hash(image_sha256, turns, origin, *extra)}"
+
+
+def sample(**fields: Any) -> dict[str, Any]:
+    """A sample record with every schema field present (missing ones null)."""
+    names = sample_schema().names
+    unknown = set(fields) - set(names)
+    if unknown:
+        raise KeyError(f"unknown sample fields: {sorted(unknown)}")
+    record = {name: fields.get(name) for name in names}
+    record["provenance"] = {key: (record["provenance"] or {}).get(key) for key in PROVENANCE_FIELDS}
+    record["scores"] = {key: (record["scores"] or {}).get(key) for key in SCORE_FIELDS}
+    if isinstance(record["provenance"]["program"], (dict, list)):
+        record["provenance"]["program"] = json.dumps(record["provenance"]["program"], sort_keys=True)
+    record["parent_ids"] = list(record["parent_ids"] or [])
+    record["options"] = list(record["options"] or [])
+    record["conversations"] = [dict(role=t["role"], content=t["content"]) for t in record["conversations"] or []]
+    return record
+
+
+def to_table(records: Iterable[Mapping[str, Any]], schema=None):
+    """Records to an Arrow table of the given schema (default: samples)."""
+    import pyarrow as pa
+
+    schema = schema or sample_schema()
+    rows = list(records)
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def write_samples(records: Iterable[Mapping[str, Any]], path, schema=None) -> int:
+    """Write records as parquet, atomically. Returns the row count."""
+    import pyarrow.parquet as pq
+
+    from mmloop.io import atomic_path
+
+    table = to_table(records, schema)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return table.num_rows
+
+
+def read_samples(path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def letter(index: int) -> str:
+    return OPTION_LETTERS[index]
