@@ -1,0 +1,101 @@
+"""Lineage: trace any sample back through queries and bad cases to its images.
+
+Every stage writes sample-schema parquet under the data root, and every row
+names its parents. DuckDB reads all of them at once (`union_by_name`, so files
+with other columns, such as predictions, simply contribute nulls) and a
+recursive query walks `parent_ids`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+# The same sample can sit in several files (generated, then kept, then a replay
+# pool); show the row that carries the most: the elimination verdict first.
+_FILE_RANK = """
+CASE
+  WHEN filename LIKE '%/kept.parquet' OR filename LIKE '%/rejected.parquet' THEN 0
+  WHEN filename LIKE '%/replay_pool.parquet' THEN 2
+  ELSE 1
+END
+"""
+
+_COLUMNS = ("sample_id", "parent_ids", "iteration", "origin", "category", "format",
+            "question", "answer", "image", "image_sha256", "kept", "reject_reason", "provenance", "filename")
+
+
+def _nodes_sql(data_root: Path) -> str:
+    pattern = (data_root / "**" / "*.parquet").as_posix().replace("'", "''")
+    return f"""
+    SELECT * EXCLUDE (rank) FROM (
+      SELECT *, row_number() OVER (PARTITION BY sample_id ORDER BY {_FILE_RANK}, filename) AS rank
+      FROM read_parquet('{pattern}', union_by_name = true, filename = true)
+      WHERE sample_id IS NOT NULL
+    ) WHERE rank = 1
+    """
+
+
+def trace(sample_id: str, data_root: str | Path = "data") -> list[dict[str, Any]]:
+    """The chain from `sample_id` back to its roots, one dict per node with its depth.
+
+    Raises KeyError when no parquet file under `data_root` holds `sample_id`.
+    """
+    import duckdb
+
+    data_root = Path(data_root)
+    if not any(data_root.glob("**/*.parquet")):
+        raise FileNotFoundError(f"{data_root}: no parquet files to trace lineage in (run `dvc repro` first)")
+    connection = duckdb.connect()
+    connection.execute(f"CREATE TEMP VIEW nodes AS {_nodes_sql(data_root)}")
+    columns = ", ".join(f"n.{name}" for name in _COLUMNS)
+    rows = connection.execute(
+        f"""
+        WITH RECURSIVE edges AS (
+          SELECT sample_id AS child, unnest(parent_ids) AS parent FROM nodes
+        ),
+        chain(sample_id, depth, via, path) AS (
+          SELECT ?::VARCHAR, 0, NULL::VARCHAR, [?::VARCHAR]
+          UNION ALL
+          SELECT e.parent, c.depth + 1, c.sample_id, list_append(c.path, e.parent)
+          FROM chain c JOIN edges e ON e.child = c.sample_id
+          WHERE NOT list_contains(c.path, e.parent)
+        )
+        SELECT c.depth, c.via, c.sample_id AS node, {columns}
+        FROM chain c LEFT JOIN nodes n ON n.sample_id = c.sample_id
+        ORDER BY c.depth, c.via, c.sample_id
+        """,
+        [sample_id, sample_id],
+    ).fetchall()
+    names = ["depth", "via", "node", *_COLUMNS]
+    chain = [dict(zip(names, row)) for row in rows]
+    if not chain or chain[0]["sample_id"] is None:
+        raise KeyError(f"{sample_id}: no such sample_id in any parquet file under {data_root}")
+    return chain
+
+
+def format_chain(chain: list[dict[str, Any]]) -> str:
+    """Render a traced chain as an indented tree for the terminal."""
+    lines = []
+    for node in chain:
+        indent = "  " * node["depth"]
+        if node["sample_id"] is None:
+            lines.append(f"{indent}- {node['node']}  (not found in any parquet file)")
+            continue
+        verdict = ""
+        if node["kept"] is not None:
+            verdict = "  kept" if node["kept"] else f"  rejected: {node['reject_reason']}"
+        head = f"{indent}- {node['sample_id']}  [{node['origin']}, iteration {node['iteration']}, {node['category']}]{verdict}"
+        lines.append(head)
+        if node["question"]:
+            answer = f" -> {node['answer']}" if node["answer"] else ""
+            lines.append(f"{indent}    question: {node['question']}{answer}")
+        if node["image"] or node["image_sha256"]:
+            lines.append(f"{indent}    image: {node['image'] or '(not in the store)'}  sha256 {str(node['image_sha256'])[:12]}")
+        provenance = node["provenance"] or {}
+        made_by = ", ".join(f"{key}={provenance[key]}" for key in ("backend", "model", "operator", "prompt_id")
+                            if provenance.get(key))
+        if made_by:
+            lines.append(f"{indent}    made by: {made_by}")
+        lines.append(f"{indent}    file: {node['filename']}")
+    return "\n".join(lines)

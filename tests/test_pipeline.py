@@ -1,0 +1,88 @@
+"""End to end: the real `dvc repro` on a tiny configuration, in a temporary copy of the repo."""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough to run in a few minutes on two cores; the same stages and code as the default.
+TINY = {
+    "world": {"splits": {"seed": 400, "pool": 400, "bench": 160}},
+    "bench": {"items_per_family": 20},
+    "clip": {"epochs": 1},
+    "sample": {"budget": 120},
+    "train": {"epochs": 1},
+}
+
+
+def _merge(base, override):
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _run(args, cwd, env):
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mmloop")
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        source = REPO / name
+        if source.is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    params = _merge(yaml.safe_load((root / "params.yaml").read_text()), TINY)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", CI="true")
+    for args in (["git", "init", "-q"], ["git", "add", "-A"],
+                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"]):
+        _run(args, root, env)
+    _run(["dvc", "repro"], root, env)
+    return root, env
+
+
+@pytest.mark.slow
+def test_repro_writes_the_history(repo):
+    root, _ = repo
+    with open(root / "metrics" / "history.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["iteration"] for row in rows] == ["0", "1", "2"]
+    assert {"overall", "count", "spatial"} <= set(rows[0])
+
+
+@pytest.mark.slow
+def test_lineage_of_a_kept_sample_reaches_its_bad_case(repo):
+    import pyarrow.parquet as pq
+
+    root, env = repo
+    kept = pq.read_table(root / "data" / "iter=2" / "kept.parquet").to_pylist()
+    assert kept, "iteration 2 kept nothing"
+    out = _run(["mmloop", "lineage", kept[0]["sample_id"]], root, env)
+    assert "[query, iteration 2" in out and "[badcase, iteration 1" in out
+
+
+@pytest.mark.slow
+def test_appending_an_iteration_runs_only_its_stages(repo):
+    root, env = repo
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["loop"]["iterations"]["3"] = {"prev": "2"}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _run(["dvc", "repro"], root, env)
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"sample@3", "generate@3", "eliminate@3", "train@3", "evaluate@3", "aggregate"}
