@@ -1,0 +1,288 @@
+"""Supervised fine-tuning of the VLM on sample records.
+
+Two entry points share one loop:
+- `train_base`: the embedded tiny LLaVA's first training, projector plus language
+  model, vision tower frozen;
+- `train_lora`: one loop iteration, LoRA on the language model's projections
+  (scoped by regex so the vision tower is never wrapped) plus the projector as a
+  fully trained module; the adapter is merged afterwards so the next iteration
+  loads a plain model through the same Auto* path as every other stage.
+
+The loss covers the assistant replies only: the chat template marks them with
+`{% generation %}`, the processor returns `assistant_masks`, and every other
+token (system, user, image, padding) gets label -100.
+
+Images are decoded once and held as uint8 arrays; each batch goes through one
+batched processor call. Shuffling, init and dropout are seeded, so the same
+records and params give the same model.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+IGNORE_INDEX = -100
+# LoRA goes on the language model's projections only: peft's plain name list
+# ("q_proj", ...) would also wrap the CLIP tower's q/k/v projections.
+LORA_TARGET_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+PROJECTOR_MODULE = "multi_modal_projector"
+
+
+@dataclass
+class TrainSettings:
+    epochs: float = 1
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    threads: int = 2
+
+    @classmethod
+    def from_params(cls, section: Mapping[str, Any], *, seed: int) -> "TrainSettings":
+        known = {name for name in cls.__dataclass_fields__}
+        values = {key: section[key] for key in section if key in known}
+        values["seed"] = int(seed)
+        return cls(**values)
+
+
+def load_images(records: Sequence[Mapping[str, Any]], data_root: str | os.PathLike, *,
+                source: str = "records") -> dict[str, Any]:
+    """{image path: RGB uint8 array} for every distinct image of `records`, each decoded once."""
+    import numpy as np
+    from PIL import Image
+
+    data_root = Path(data_root)
+    cache: dict[str, Any] = {}
+    for record in records:
+        image = record.get("image")
+        if not image:
+            raise ValueError(f"{source}: record {record.get('sample_id')!r}: field 'image' is empty "
+                             f"(training needs an image per sample)")
+        if image in cache:
+            continue
+        path = data_root / image
+        try:
+            with Image.open(path) as handle:
+                cache[image] = np.asarray(handle.convert("RGB"), dtype=np.uint8)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{source}: record {record.get('sample_id')!r}: field 'image': "
+                                    f"{path} not found") from None
+    return cache
+
+
+def _check_conversation(record: Mapping[str, Any], source: str) -> None:
+    turns = record.get("conversations") or []
+    if not any(turn.get("role") == "assistant" for turn in turns):
+        raise ValueError(f"{source}: record {record.get('sample_id')!r}: field 'conversations' has no "
+                         f"assistant turn to train on")
+    if not turns or turns[0].get("role") not in ("user", "system"):
+        raise ValueError(f"{source}: record {record.get('sample_id')!r}: field 'conversations' must start "
+                         f"with a user or system turn")
+
+
+def encode_records(processor, records: Sequence[Mapping[str, Any]], images: Mapping[str, Any], *,
+                   chunk: int = 256) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) per record through batched processor calls; labels keep the
+    assistant tokens' ids and put -100 everywhere else (system, user, image tokens)."""
+    from mmloop.vlm import messages
+
+    encoded = []
+    for start in range(0, len(records), chunk):
+        part = records[start:start + chunk]
+        # Lists, not tensors: the processor's assistant-mask pass is ~10x slower on tensors.
+        out = processor.apply_chat_template(
+            [messages(record["conversations"]) for record in part], tokenize=True, return_dict=True,
+            return_assistant_tokens_mask=True, return_tensors=None,
+            processor_kwargs={"images": [[images[record["image"]]] for record in part]},
+        )
+        for ids, mask in zip(out["input_ids"], out["assistant_masks"]):
+            encoded.append((list(ids), [token if keep else IGNORE_INDEX for token, keep in zip(ids, mask)]))
+    return encoded
+
+
+def collate(processor, encoded: Sequence[tuple[list[int], list[int]]], image_arrays: Sequence[Any]):
+    """Right-padded tensors for one batch; pixel values from the cached uint8 images."""
+    import torch
+
+    pad_id = processor.tokenizer.pad_token_id
+    width = max(len(ids) for ids, _ in encoded)
+    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(encoded), width), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, (ids, row_labels) in enumerate(encoded):
+        input_ids[row, :len(ids)] = torch.tensor(ids)
+        labels[row, :len(ids)] = torch.tensor(row_labels)
+        attention[row, :len(ids)] = 1
+    pixels = processor.image_processor(list(image_arrays), return_tensors="pt")["pixel_values"]
+    return {"input_ids": input_ids, "attention_mask": attention, "pixel_values": pixels, "labels": labels}
+
+
+def encode_batch(processor, records: Sequence[Mapping[str, Any]], images: Mapping[str, Any]):
+    """Tensors with labels for one batch of records (what `fit` feeds the model)."""
+    return collate(processor, encode_records(processor, records, images),
+                   [images[record["image"]] for record in records])
+
+
+def draw_replay(pool: Sequence[Mapping[str, Any]], new: int, ratio: float, *, seed: int) -> list[Mapping[str, Any]]:
+    """`ratio * new` records drawn without replacement from the replay pool (all of it when smaller),
+    so each round also rehearses the seed and earlier rounds' data instead of forgetting them."""
+    import numpy as np
+
+    if ratio < 0:
+        raise ValueError(f"params.yaml: train.replay_ratio must be >= 0, got {ratio}")
+    count = min(len(pool), int(round(ratio * new)))
+    chosen = np.random.default_rng(seed).choice(len(pool), size=count, replace=False)
+    return [pool[int(index)] for index in sorted(chosen)]
+
+
+def _schedule(step: int, total: int, warmup: int) -> float:
+    """Linear warmup, then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def fit(model, processor, records: Sequence[Mapping[str, Any]], settings: TrainSettings, *,
+        data_root: str | os.PathLike = "data", source: str = "records", desc: str = "train",
+        images: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Train the parameters of `model` that require grad. Returns stats
+    {steps, samples, epochs, samples_per_s, tokens_per_s, final_loss, losses, wall_s}."""
+    import numpy as np
+    import torch
+
+    from mmloop.io import progress
+    from mmloop.vlm import set_threads
+
+    if not records:
+        raise ValueError(f"{source}: no records to train on")
+    for record in records:
+        _check_conversation(record, source)
+    set_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    started = time.perf_counter()
+    images = images if images is not None else load_images(records, data_root, source=source)
+    encoded = encode_records(processor, records, images)
+    encode_s = time.perf_counter() - started
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    per_epoch = math.ceil(len(records) / settings.batch_size)
+    total_steps = max(1, round(per_epoch * settings.epochs))
+    warmup = int(settings.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _schedule(step, total_steps, warmup))
+
+    rng = np.random.default_rng(settings.seed)
+    model.train()
+    losses: list[float] = []
+    tokens = samples = step = 0
+    bar = progress(total=total_steps, desc=desc, unit="step")
+    while step < total_steps:
+        order = rng.permutation(len(records))
+        for start in range(0, len(order), settings.batch_size):
+            if step >= total_steps:
+                break
+            rows = order[start:start + settings.batch_size]
+            batch = collate(processor, [encoded[i] for i in rows], [images[records[i]["image"]] for i in rows])
+            loss = model(**batch).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if settings.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            tokens += int(batch["attention_mask"].sum())
+            samples += len(rows)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    bar.close()
+    model.eval()
+    wall = time.perf_counter() - started
+    tail = losses[-max(1, len(losses) // 20):]
+    return {
+        "steps": step, "samples": samples, "records": len(records),
+        "epochs": settings.epochs, "batch_size": settings.batch_size, "lr": settings.lr,
+        "samples_per_s": samples / wall, "tokens_per_s": tokens / wall,
+        "first_loss": losses[0], "final_loss": float(np.mean(tail)),
+        "losses": [round(value, 4) for value in losses], "wall_s": wall, "encode_s": encode_s,
+    }
+
+
+def freeze_vision_tower(model) -> None:
+    """Projector and language model train; the vision tower stays as built."""
+    model.requires_grad_(True)
+    model.model.vision_tower.requires_grad_(False)
+
+
+def train_base(model, processor, records: Sequence[Mapping[str, Any]], settings: TrainSettings, *,
+               data_root: str | os.PathLike = "data", source: str = "seed") -> dict[str, Any]:
+    """Full training of projector + language model (vision tower frozen), in place."""
+    from mmloop.vlm import trainable_parameters
+
+    freeze_vision_tower(model)
+    trainable, total = trainable_parameters(model)
+    stats = fit(model, processor, records, settings, data_root=data_root, source=source, desc="base")
+    return {**stats, "trainable_parameters": trainable, "parameters": total}
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+
+    @classmethod
+    def from_params(cls, section: Mapping[str, Any]) -> "LoraSettings":
+        return cls(r=int(section.get("lora_r", 16)), alpha=int(section.get("lora_alpha", 32)),
+                   dropout=float(section.get("lora_dropout", 0.0)))
+
+
+def lora_config(lora: LoraSettings):
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
+                      target_modules=LORA_TARGET_REGEX, modules_to_save=[PROJECTOR_MODULE])
+
+
+def wrap_lora(model, lora: LoraSettings, *, seed: int = 0):
+    """The peft model: LoRA on the language model's projections, the projector fully trainable."""
+    import torch
+    from peft import get_peft_model
+
+    torch.manual_seed(seed)
+    model.requires_grad_(False)
+    return get_peft_model(model, lora_config(lora))
+
+
+def train_lora(model, processor, records: Sequence[Mapping[str, Any]], settings: TrainSettings,
+               lora: LoraSettings, *, data_root: str | os.PathLike = "data", source: str = "records"):
+    """LoRA fine-tuning; returns (peft_model, stats). Call `save_lora` to merge and save."""
+    from mmloop.vlm import trainable_parameters
+
+    peft_model = wrap_lora(model, lora, seed=settings.seed)
+    trainable, total = trainable_parameters(peft_model)
+    stats = fit(peft_model, processor, records, settings, data_root=data_root, source=source, desc="lora")
+    return peft_model, {**stats, "trainable_parameters": trainable, "parameters": total,
+                        "lora": asdict(lora)}
+
+
+def save_lora(peft_model, processor, out_dir: str | os.PathLike) -> Path:
+    """Save the adapter in <out>/adapter, then the merged full model in <out>."""
+    from mmloop.vlm import save
+
+    out_dir = Path(out_dir)
+    peft_model.save_pretrained(out_dir / "adapter")
+    merged = peft_model.merge_and_unload()
+    save(merged, processor, out_dir)
+    return out_dir

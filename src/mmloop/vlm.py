@@ -1,0 +1,232 @@
+"""The vision-language model: build the embedded tiny LLaVA, save it, load any model.
+
+Every stage loads a model through `load(path_or_hub_id)`, which is
+AutoProcessor + AutoModelForImageTextToText, so a hub id and the embedded
+tiny LLaVA folder take the same path. The tiny model is built here from
+parameters only (no hub access):
+
+- a frozen, randomly initialised CLIP-ViT vision tower (hidden 128, 3 layers,
+  patch 16, 64 px): its patch features already separate shape, colour and size
+  when objects sit in patch-aligned cells, so only the projector has to learn;
+- a 128-d, 4-layer Llama with tied embeddings and init std 0.08 (about
+  1/sqrt(hidden)); the transformers default 0.02 stalls tiny models at the
+  answer prior;
+- a word-level tokenizer trained in-process on the seed texts, `<image>` an
+  added special token;
+- a chat template in the standard content-list form whose assistant replies
+  sit inside `{% generation %}` so `return_assistant_tokens_mask` finds them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+IMAGE_TOKEN = "<image>"
+PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN = "<pad>", "<unk>", "<s>", "</s>"
+USER_TAG, ASSISTANT_TAG, SYSTEM_TAG = "USER:", "ASSISTANT:", "SYSTEM:"
+# At most this many threads: the build machine has 2 cores, more threads only add contention.
+MAX_THREADS = 2
+
+# Vicuna-style turns. The image goes before the text of the turn that carries it;
+# assistant replies (and their end token) are the generation spans the loss trains on.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['content'] is string %}{% set parts = [{'type': 'text', 'text': message['content']}] %}"
+    "{% else %}{% set parts = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'system' %}"
+    "SYSTEM: {% for part in parts %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{{ '\\n' }}"
+    "{% elif message['role'] == 'user' %}"
+    "USER: {% for part in parts %}{% if part['type'] == 'image' %}<image>{{ '\\n' }}{% endif %}{% endfor %}"
+    "{% for part in parts %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{{ '\\n' }}"
+    "{% else %}"
+    "ASSISTANT: {% generation %}"
+    "{% for part in parts %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}"
+    "{{ eos_token }}{% endgeneration %}{{ '\\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+# Words the template and the MCQ prompts always use, so they are in the vocabulary
+# even when a tiny seed happens to miss some of them.
+TEMPLATE_WORDS = ("USER: ASSISTANT: SYSTEM: Hint: Options: A. B. C. D. E. F. G. H. "
+                  "Answer with the option's letter from the given choices directly.")
+
+DEFAULT_CONFIG = {
+    "image_size": 64,
+    "patch_size": 16,
+    "vision_hidden": 128,
+    "vision_layers": 3,
+    "vision_heads": 4,
+    "text_hidden": 128,
+    "text_layers": 4,
+    "text_heads": 4,
+    "text_intermediate": 512,
+    "initializer_range": 0.08,
+    "max_positions": 1024,
+}
+
+
+def set_threads(threads: int = MAX_THREADS) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, min(int(threads), MAX_THREADS)))
+
+
+def build_tokenizer(texts: Iterable[str]):
+    """A word-level PreTrainedTokenizerFast trained on `texts`, `<image>` an added special token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN]
+    core = Tokenizer(models.WordLevel(unk_token=UNK_TOKEN))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(special_tokens=specials, min_frequency=1)
+    core.train_from_iterator(_with_template_words(texts), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token=PAD_TOKEN, unk_token=UNK_TOKEN, bos_token=BOS_TOKEN, eos_token=EOS_TOKEN,
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def _with_template_words(texts: Iterable[str]) -> Iterable[str]:
+    yield TEMPLATE_WORDS
+    yield from texts
+
+
+def build(texts: Iterable[str], *, seed: int = 0, **config: Any):
+    """Build the embedded tiny LLaVA and its processor; returns (model, processor).
+
+    `texts`: every text the model should know (the seed conversations); unknown
+    words map to `<unk>`. `config` overrides DEFAULT_CONFIG.
+    """
+    import torch
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
+
+    unknown = set(config) - set(DEFAULT_CONFIG)
+    if unknown:
+        raise KeyError(f"unknown tiny-VLM config keys: {sorted(unknown)} (have {sorted(DEFAULT_CONFIG)})")
+    cfg = {**DEFAULT_CONFIG, **config}
+    tokenizer = build_tokenizer(texts)
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    patches = (cfg["image_size"] // cfg["patch_size"]) ** 2
+
+    vision = CLIPVisionConfig(
+        hidden_size=cfg["vision_hidden"], intermediate_size=4 * cfg["vision_hidden"],
+        num_hidden_layers=cfg["vision_layers"], num_attention_heads=cfg["vision_heads"],
+        image_size=cfg["image_size"], patch_size=cfg["patch_size"], projection_dim=cfg["vision_hidden"],
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg["text_hidden"],
+        intermediate_size=cfg["text_intermediate"], num_hidden_layers=cfg["text_layers"],
+        num_attention_heads=cfg["text_heads"], num_key_value_heads=cfg["text_heads"],
+        max_position_embeddings=cfg["max_positions"], initializer_range=cfg["initializer_range"],
+        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    config_obj = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_id=image_token_id,
+        # a 3-layer tower: its last layer is the useful one (the default -2 is for deep towers)
+        vision_feature_layer=-1, vision_feature_select_strategy="default",
+        image_seq_length=patches, projector_hidden_act="gelu", tie_word_embeddings=True,
+    )
+    config_obj.initializer_range = cfg["initializer_range"]
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config_obj)
+    _reinit_text_model(model, cfg["initializer_range"], seed)
+    model.model.vision_tower.requires_grad_(False)
+
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": cfg["image_size"]},
+        crop_size={"height": cfg["image_size"], "width": cfg["image_size"]},
+        do_resize=True, do_center_crop=True, do_rescale=True, do_normalize=True, do_convert_rgb=True,
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
+        patch_size=cfg["patch_size"], vision_feature_select_strategy="default",
+        # the CLS token: "default" drops it, so without this the processor inserts one token fewer
+        num_additional_image_tokens=1,
+    )
+    return model, processor
+
+
+def _reinit_text_model(model, std: float, seed: int) -> None:
+    """Give the language model and projector weights std `std` whatever the library's
+    own init did (the init scale is what lets a tiny model learn at all)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for module in [model.model.language_model, model.model.multi_modal_projector]:
+            for name, param in module.named_parameters():
+                if param.dim() >= 2:
+                    param.copy_(torch.randn(param.shape, generator=generator) * std)
+                elif "norm" in name:
+                    param.fill_(1.0)
+                else:
+                    param.zero_()
+
+
+def save(model, processor, path: str | os.PathLike) -> Path:
+    """save_pretrained of both into `path` (weights as safetensors)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def load(path_or_hub_id: str | os.PathLike, *, trainable: bool = False):
+    """(model, processor) from a local folder or a hub id, the same way for both."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    source = str(path_or_hub_id)
+    if _looks_local(source) and not Path(source).is_dir():
+        raise FileNotFoundError(f"{source}: model folder not found")
+    processor = AutoProcessor.from_pretrained(source)
+    model = AutoModelForImageTextToText.from_pretrained(source)
+    if trainable:
+        model.train()
+    else:
+        model.eval()
+    return model, processor
+
+
+def _looks_local(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or os.sep in source and Path(source).exists() or \
+        source.startswith(("models", "data"))
+
+
+def model_name(path_or_hub_id: str | os.PathLike) -> str:
+    return str(path_or_hub_id)
+
+
+def messages(conversations: Sequence[Mapping[str, str]], *, with_image: bool = True) -> list[dict[str, Any]]:
+    """Sample-schema turns to chat messages in the content-list form; the image
+    goes into the first user turn."""
+    out, image_placed = [], not with_image
+    for turn in conversations:
+        content: list[dict[str, Any]] = []
+        if turn["role"] == "user" and not image_placed:
+            content.append({"type": "image"})
+            image_placed = True
+        content.append({"type": "text", "text": turn["content"]})
+        out.append({"role": turn["role"], "content": content})
+    return out
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total

@@ -1,0 +1,44 @@
+"""base: the iteration-0 model -> models/iter=0, data/iter=0/replay_pool.parquet, metrics/train/iter=0.json.
+
+By default it builds the embedded tiny LLaVA and trains it on the seed; with
+`base.model: HUB_ID_OR_PATH` it loads that model instead (through the same
+AutoProcessor / AutoModelForImageTextToText path) and saves it as iteration 0.
+"""
+
+from mmloop import questions, training, vlm
+from mmloop.io import atomic_path, write_json
+from mmloop.params import load_params, stage_seed
+from mmloop.schema import read_samples, write_samples
+
+SEED = "data/seed/samples.parquet"
+MODEL_DIR = "models/iter=0"
+REPLAY_POOL = "data/iter=0/replay_pool.parquet"
+
+
+def main() -> None:
+    params = load_params()
+    section = params.get("base") or {}
+    seed = stage_seed(params, "base") % (2**31)
+    records = read_samples(SEED)
+    vlm.set_threads(int(section.get("threads", vlm.MAX_THREADS)))
+    if section.get("model"):
+        model, processor = vlm.load(section["model"])
+        stats = {"source": str(section["model"]), "trained": False}
+    else:
+        texts = [turn["content"] for record in records for turn in record["conversations"]]
+        texts += questions.vocabulary_texts(**(params.get("world") or {}))
+        model, processor = vlm.build(texts, seed=seed, **(section.get("config") or {}))
+        stats = training.train_base(model, processor, records, training.TrainSettings.from_params(section, seed=seed),
+                                    data_root="data", source=SEED)
+        stats["trained"] = True
+    with atomic_path(MODEL_DIR, directory=True) as folder:
+        vlm.save(model, processor, folder)
+    write_samples(records, REPLAY_POOL)
+    write_json("metrics/train/iter=0.json", {key: value for key, value in stats.items() if key != "losses"})
+    print(f"base: {'trained on ' + str(len(records)) + ' seed samples' if stats['trained'] else stats['source']}"
+          + (f", loss {stats['first_loss']:.3f} -> {stats['final_loss']:.3f} in {stats['wall_s']:.0f} s"
+             if stats["trained"] else ""))
+
+
+if __name__ == "__main__":
+    main()

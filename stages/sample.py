@@ -1,0 +1,83 @@
+"""sample ITER: Adaptive Bad-case Sampling -> data/iter=ITER/queries.parquet, metrics/sample/iter=ITER.json.
+
+Reads the previous model's evaluation (predictions and bad cases), embeds the unlabeled
+pool and the bad-case images with CLIP, and picks one pool image per query.
+"""
+
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+from mmloop import sampling
+from mmloop.clip import ClipScorer
+from mmloop.io import read_json, write_json
+from mmloop.params import iteration, load_params, stage_seed
+from mmloop.schema import read_samples, write_samples
+
+DATA_ROOT = "data"
+POOL = "data/world/instances_pool.json"
+BENCH_INSTANCES = "data/world/instances_bench.json"
+BENCH_TSV = "data/bench/bench.tsv"
+
+
+def load_pool(path: str) -> list[dict]:
+    instances = read_json(path)
+    pool = []
+    for position, image in enumerate(instances.get("images", [])):
+        for field in ("file_name", "sha256"):
+            if not image.get(field):
+                raise ValueError(f"{path}: images[{position}] (id {image.get('id')}) has no {field!r}")
+        pool.append({"image": image["file_name"], "image_sha256": image["sha256"]})
+    if not pool:
+        raise ValueError(f"{path}: the unlabeled pool has no images")
+    return pool
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python stages/sample.py ITERATION")
+    name = sys.argv[1]
+    params = load_params()
+    prev = iteration(params, name)["prev"]
+    config = sampling.SamplingConfig.from_params(params)
+    predictions_path = f"{DATA_ROOT}/iter={prev}/eval/predictions.parquet"
+    badcases_path = f"{DATA_ROOT}/iter={prev}/eval/badcases.parquet"
+    output = f"{DATA_ROOT}/iter={name}/queries.parquet"
+    predictions = read_samples(predictions_path)
+    badcases = read_samples(badcases_path)
+    pool = load_pool(POOL)
+
+    started = time.perf_counter()
+    scorer = ClipScorer.from_params(params, root=DATA_ROOT)
+    pool_embeddings = scorer.embed_images([row["image"] for row in pool], desc="clip pool")
+    images = sampling.badcase_images(badcases, bench_tsv=BENCH_TSV, source=badcases_path)
+    ids = sorted(images)
+    badcase_embeddings = dict(zip(ids, scorer.embed_images([images[i] for i in ids], desc="clip bad cases")))
+    embed_s = time.perf_counter() - started
+
+    records, summary = sampling.select_queries(
+        predictions, badcases, pool, pool_embeddings, lambda case: badcase_embeddings[case["sample_id"]],
+        config=config, seed=stage_seed(params, "sample", name), iteration=int(name), pool_source=POOL,
+        clip_name=scorer.name, predictions_source=predictions_path)
+
+    # Do neighbours resemble the anchor? Only measurable where the world's annotations exist.
+    if Path(BENCH_INSTANCES).is_file():
+        objects = {**sampling.objects_by_sha(read_json(BENCH_INSTANCES)), **sampling.objects_by_sha(read_json(POOL))}
+        summary["attribute_agreement"] = sampling.attribute_agreement(
+            records, {case["sample_id"]: case for case in badcases}, objects)
+    summary.update(iteration=int(name), prev=prev, badcases=len(badcases), pool=len(pool),
+                   clip=scorer.name, embed_s=round(embed_s, 2), seconds=round(time.perf_counter() - started, 2))
+
+    if importlib.util.find_spec("mmloop.validation") is not None:
+        from mmloop.validation import validate
+
+        validate(records, "queries", source=output, iteration=int(name), data_root=DATA_ROOT)
+    write_samples(records, output)
+    write_json(f"metrics/sample/iter={name}.json", summary)
+    print(f"sample {name}: {len(records)} queries ({summary['neighbour']} neighbour, {summary['random']} random) "
+          f"from {len(badcases)} bad cases; allocation {summary['allocation']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""train ITER: LoRA on the previous model with this iteration's kept data plus replay
+-> models/iter=ITER, data/iter=ITER/replay_pool.parquet, metrics/train/iter=ITER.json."""
+
+import sys
+
+from mmloop import training, vlm
+from mmloop.io import atomic_path, write_json
+from mmloop.params import iteration, load_params, stage_seed
+from mmloop.schema import read_samples, write_samples
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 1:
+        raise SystemExit("usage: python stages/train.py ITERATION")
+    name = argv[0]
+    params = load_params()
+    section = params.get("train") or {}
+    prev = iteration(params, name)["prev"]
+    seed = stage_seed(params, "train", name) % (2**31)
+    kept_path = f"data/iter={name}/kept.parquet"
+    kept = read_samples(kept_path)
+    pool = read_samples(f"data/iter={prev}/replay_pool.parquet")
+    replay = training.draw_replay(pool, len(kept), float(section.get("replay_ratio", 0.5)), seed=seed)
+
+    vlm.set_threads(int(section.get("threads", vlm.MAX_THREADS)))
+    model, processor = vlm.load(f"models/iter={prev}", trainable=True)
+    peft_model, stats = training.train_lora(
+        model, processor, kept + replay, training.TrainSettings.from_params(section, seed=seed),
+        training.LoraSettings.from_params(section), data_root="data", source=kept_path)
+    with atomic_path(f"models/iter={name}", directory=True) as folder:
+        training.save_lora(peft_model, processor, folder)
+    write_samples(pool + kept, f"data/iter={name}/replay_pool.parquet")
+    stats.update(kept=len(kept), replay=len(replay), prev=prev)
+    write_json(f"metrics/train/iter={name}.json", {key: value for key, value in stats.items() if key != "losses"})
+    print(f"train {name}: {len(kept)} kept + {len(replay)} replay, loss {stats['first_loss']:.3f} -> "
+          f"{stats['final_loss']:.3f} in {stats['wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,203 @@
+"""The `openai` generator backend end to end, against the local fault-injecting server."""
+
+import base64
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mmloop import llm, llm_teacher
+from mmloop.io import write_json
+from mmloop.journal import Journal
+from mmloop.schema import read_samples, write_samples
+from openai_server import FaultConfig, OpenAIServer
+
+REPO = Path(__file__).resolve().parents[1]
+CATEGORIES = ["colour", "shape", "size", "existence", "count", "spatial"]
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
+
+
+def _world(root: Path, n_images: int):
+    """Tiny images in the content-addressed store, their objects, bad cases and queries."""
+    images, objects_by_image = [], {}
+    for i in range(n_images):
+        colour = COLOURS[i % len(COLOURS)]
+        image = Image.new("RGB", (128, 96), "white")
+        image.paste(colour, (8 + i % 50, 8, 40 + i % 50, 40))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        data = buffer.getvalue()
+        sha = hashlib.sha256(data).hexdigest()
+        rel = f"images/{sha[:2]}/{sha}.png"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+        images.append((rel, sha))
+        objects_by_image[sha] = [
+            {"id": 1, "category": "square", "bbox": [8 + i % 50, 8, 32, 32],
+             "attributes": {"colour": colour, "size": "large", "row": 0, "col": 0}},
+            {"id": 2, "category": "circle", "bbox": [80, 60, 10, 10],
+             "attributes": {"colour": "blue", "size": "small", "row": 2, "col": 3}}]
+    badcases = [{"sample_id": f"badcase-0-shapes-{i}", "question": f"What colour is object {i}?",
+                 "options": ["red", "blue", "green", "yellow"], "answer": "red", "category": CATEGORIES[i % 6],
+                 "conversations": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "B"}]}
+                for i in range(12)]
+    queries = [{"sample_id": f"que-{i:04d}", "parent_ids": [f"badcase-0-shapes-{i % 12}",
+                                                            f"badcase-0-shapes-{(i + 1) % 12}",
+                                                            f"badcase-0-shapes-{(i + 2) % 12}"],
+                "image": images[i][0], "image_sha256": images[i][1], "category": CATEGORIES[i % 6],
+                "origin": "query", "iteration": 1} for i in range(n_images)]
+    return queries, badcases, objects_by_image
+
+
+def _params(url, **openai):
+    base = {"model": "gpt-test", "base_url": url, "api_key_env": "MMLOOP_TEST_KEY", "temperature": 0.7,
+            "max_tokens": 512, "concurrency": 8, "timeout": 0.5, "backoff_base": 0.01, "backoff_max": 0.2,
+            "max_attempts": 10, "image_mode": "image", "image_max_side": 64, "prompt": str(REPO / "prompts/generate.j2"),
+            "prices": {"gpt-test": {"input": 2.5, "output": 10.0}}}
+    base.update(openai)
+    return {"backend": "openai", "format_mix": {"mcq": 0.6, "short": 0.2, "conversation": 0.2}, "openai": base}
+
+
+@pytest.fixture
+def server():
+    srv = OpenAIServer(FaultConfig(fault_rate=0.2, timeout_sleep=1.0, skip_rate=0.1, messy_rate=0.3,
+                                   broken_rate=0.05, seed=11)).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def secret(monkeypatch):
+    key = f"sk-test-{uuid.uuid4().hex}"
+    monkeypatch.setenv("MMLOOP_TEST_KEY", key)
+    return key
+
+
+def test_generate_end_to_end_with_faults_then_a_free_rerun(server, secret, tmp_path, capfd):
+    root = tmp_path / "repo"
+    data = root / "data"
+    queries, badcases, objects = _world(data, 60)
+    params = _params(server.url)
+    journal = root / ".mmloop/journal/openai.sqlite"
+    records, stats = llm_teacher.generate(queries, badcases, objects, params, data_root=data,
+                                          journal_path=journal, iteration=1)
+
+    # Nothing lost: every query produced generated rows or an explicit rejected row; nothing duplicated.
+    by_query = {q["sample_id"]: [r for r in records if r["parent_ids"] == [q["sample_id"]]] for q in queries}
+    assert all(by_query.values())
+    assert len({r["sample_id"] for r in records}) == len(records)
+    assert max(server.counters.successes.values()) == 1 and len(server.counters.successes) == 60
+    assert sum(server.counters.faults.values()) >= 5
+    assert stats["outcomes"].get("request_failed", 0) == 0
+    assert stats["outcomes"]["skipped"] >= 1 and stats["outcomes"]["parse_failed"] >= 1
+    assert stats["repairs"]  # messy replies were repaired, not rejected
+    generated = [r for r in records if r["kept"] is None]
+    rejected = [r for r in records if r["kept"] is False]
+    assert {r["reject_reason"] for r in rejected} <= {"skipped", "parse_failed", "request_failed"}
+    assert {r["format"] for r in generated} == {"mcq", "short", "conversation"}
+    for row in records:
+        prov = row["provenance"]
+        assert prov["backend"] == "openai" and prov["model"] == "gpt-test" and prov["prompt_id"] == "generate@v1"
+        assert len(prov["prompt_sha256"]) == 64 and prov["request_hash"]
+    mcq = next(r for r in generated if r["format"] == "mcq")
+    assert mcq["answer"] in mcq["options"]
+    assert mcq["conversations"][1]["content"] == "ABCDEFGH"[mcq["options"].index(mcq["answer"])]
+    assert mcq["conversations"][0]["content"].endswith("Answer with the option's letter from the given choices directly.")
+    assert stats["usage"]["cost_usd"] > 0 and stats["usage"]["sent"] == sum(server.counters.attempts.values())
+
+    from mmloop.validation import validate
+    validate(generated, "samples", source="generated.parquet", iteration=1, data_root=str(data))
+
+    # The stage's outputs and metrics, written the way the generate stage will.
+    write_samples(records, data / "iter=1/generated.parquet")
+    write_json(root / "metrics/generate/iter=1.json", stats)
+
+    # A DVC rerun with unchanged inputs costs nothing and gives the same rows.
+    attempts = sum(server.counters.attempts.values())
+    again, stats2 = llm_teacher.generate(queries, badcases, objects, params, data_root=data,
+                                         journal_path=journal, iteration=1)
+    assert sum(server.counters.attempts.values()) == attempts
+    assert stats2["usage"]["sent"] == 0 and stats2["usage"]["journal_hits"] == 60
+    assert [r["sample_id"] for r in again] == [r["sample_id"] for r in records]
+
+    # The key is in no file (outputs, metrics, journal), and not in the logs.
+    out, err = capfd.readouterr()
+    assert secret not in out + err
+    for path in root.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    assert read_samples(data / "iter=1/generated.parquet")[0]["provenance"]["backend"] == "openai"
+
+
+def test_text_only_mode_sends_annotations_not_pixels(secret, tmp_path):
+    srv = OpenAIServer().start()
+    try:
+        queries, badcases, objects = _world(tmp_path, 6)
+        params = _params(srv.url, image_mode="annotations")
+        params["format_mix"] = {"mcq": 1.0}
+        records, stats = llm_teacher.generate(queries, badcases, objects, params, data_root=tmp_path,
+                                              journal_path=tmp_path / "j.sqlite", iteration=1)
+        texts = list(srv.counters.texts.values())
+    finally:
+        srv.stop()
+    assert stats["outcomes"] == {"generated": 6}
+    # The server built its answers from the annotations it was sent, so the colour questions are right.
+    colour = next(r for r in records if r["category"] == "colour")
+    assert colour["answer"] == objects[colour["image_sha256"]][0]["attributes"]["colour"]
+    assert all("<objects>" in text or "Skip" in text for text in texts)
+
+
+def test_images_travel_as_resized_data_urls(tmp_path):
+    queries, _, _ = _world(tmp_path, 1)
+    url = llm.image_data_url(tmp_path / queries[0]["image"], max_side=64)
+    assert url.startswith("data:image/png;base64,")
+    image = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert max(image.size) == 64 and image.size == (64, 48)
+    original = llm.image_data_url(tmp_path / queries[0]["image"], max_side=1024)
+    assert base64.b64decode(original.split(",", 1)[1]) == (tmp_path / queries[0]["image"]).read_bytes()
+
+
+def test_request_failures_become_rejected_rows_and_proposed_prompts_are_refused(secret, tmp_path):
+    srv = OpenAIServer(FaultConfig(fault_rate=1.0, fault_kinds=("500",))).start()
+    try:
+        queries, badcases, objects = _world(tmp_path, 2)
+        params = _params(srv.url, max_attempts=2)
+        records, stats = llm_teacher.generate(queries, badcases, objects, params, data_root=tmp_path,
+                                              journal_path=tmp_path / "j.sqlite", iteration=1)
+    finally:
+        srv.stop()
+    assert [r["reject_reason"] for r in records] == ["request_failed", "request_failed"]
+    assert stats["request_failure_rate"] == 1.0
+    with Journal(tmp_path / "j.sqlite") as journal:
+        assert all(e.error.startswith("gave up after 2 attempts") for e in journal.entries())
+
+    proposed = tmp_path / "generate.v2.j2"
+    proposed.write_text((REPO / "prompts/generate.j2").read_text().replace("version: 1", "version: 2\nstatus: proposed"))
+    params["openai"]["prompt"] = str(proposed)
+    with pytest.raises(ValueError, match="not yet reviewed"):
+        llm_teacher.generate(queries, badcases, objects, params, data_root=tmp_path, journal_path=tmp_path / "j.sqlite",
+                             iteration=1)
+
+
+def test_repo_holds_no_key_shaped_secret_from_the_environment():
+    """The real repository (outside .venv/.git): no file holds the current OPENAI_API_KEY, if one is set."""
+    import os
+
+    key = os.environ.get("OPENAI_API_KEY")
+    if not key or shutil.which("grep") is None:
+        pytest.skip("no OPENAI_API_KEY in the environment to look for")
+    found = subprocess.run(["grep", "-rlF", "--exclude-dir=.venv", "--exclude-dir=.git", key, str(REPO)],
+                           capture_output=True, text=True)
+    assert found.stdout == ""
+
+
+def test_format_mix_draw_is_deterministic_and_follows_weights():
+    draws = [llm_teacher.choose_data_type(f"q{i}", {"mcq": 0.75, "short": 0.25, "caption": 1.0}) for i in range(400)]
+    assert draws == [llm_teacher.choose_data_type(f"q{i}", {"mcq": 0.75, "short": 0.25}) for i in range(400)]
+    assert 0.65 < draws.count("mcq") / 400 < 0.85 and set(draws) == {"mcq", "short"}

@@ -1,0 +1,166 @@
+import base64
+import io
+
+import numpy as np
+import pytest
+
+from mmloop import sampling
+from mmloop.schema import sample
+
+CATEGORIES = ("colour", "count", "spatial")
+
+
+def _predictions(errors_per_category, n=100):
+    rows = []
+    for category, errors in errors_per_category.items():
+        rows += [{"item": f"{category}-{i}", "category": category, "correct": i >= errors} for i in range(n)]
+    return rows
+
+
+def _badcases(counts, dim=8, seed=0):
+    rng = np.random.default_rng(seed)
+    cases, vectors = [], {}
+    for category, count in counts.items():
+        for i in range(count):
+            case_id = f"badcase-0-shapes-{category}-{i}"
+            cases.append(sample(sample_id=case_id, iteration=0, origin="badcase", category=category,
+                                image=f"images/bench/{category}{i}.png", image_sha256=f"b{category}{i}"))
+            vector = rng.normal(size=dim)
+            vectors[case_id] = vector / np.linalg.norm(vector)
+    return cases, vectors
+
+
+def _pool(size, dim=8, seed=1):
+    embeddings = np.random.default_rng(seed).normal(size=(size, dim))
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    pool = [{"image": f"images/pool/{i}.png", "image_sha256": f"p{i:05d}"} for i in range(size)]
+    return pool, embeddings.astype(np.float32)
+
+
+def _run(config, *, errors=None, badcounts=None, pool_size=400, seed=7):
+    errors = errors or {"colour": 10, "count": 50, "spatial": 70}
+    cases, vectors = _badcases(badcounts or {category: 5 for category in errors})
+    pool, embeddings = _pool(pool_size)
+    return sampling.select_queries(_predictions(errors), cases, pool, embeddings, lambda c: vectors[c["sample_id"]],
+                                   config=config, seed=seed, iteration=1), cases, embeddings, vectors
+
+
+def test_abs_allocation_follows_error_rates_and_sums_to_budget():
+    (records, summary), *_ = _run(sampling.SamplingConfig(budget=100))
+    allocation = summary["allocation"]
+    assert sum(allocation.values()) == 100 == len(records)
+    assert allocation["colour"] < allocation["count"] < allocation["spatial"]
+    # (10+1)/102 : (50+1)/102 : (70+1)/102 of 100 -> 8.3, 38.6, 53.8 -> largest remainder
+    assert allocation == {"colour": 8, "count": 38, "spatial": 54}
+    assert {category: sum(r["category"] == category for r in records) for category in CATEGORIES} == allocation
+
+
+def test_uniform_splits_equally():
+    (records, summary), *_ = _run(sampling.SamplingConfig(budget=100, strategy="uniform"))
+    assert summary["allocation"] == {"colour": 34, "count": 33, "spatial": 33}
+
+
+def test_allocate_is_deterministic_largest_remainder():
+    assert sampling.allocate({"a": 1, "b": 1, "c": 1}, 10) == {"a": 4, "b": 3, "c": 3}
+    assert sampling.allocate({"a": 0.5, "b": 0.3, "c": 0.2}, 7) == {"a": 4, "b": 2, "c": 1}
+    assert sum(sampling.allocate({"a": 0.123, "b": 0.456, "c": 0.421}, 997).values()) == 997
+
+
+def test_smoothing_never_gives_zero_or_one():
+    rates = sampling.error_rates(_predictions({"colour": 0, "count": 100}, n=100), smoothing=1.0)
+    assert 0 < rates["colour"]["rate"] < rates["count"]["rate"] < 1
+    weights = sampling.category_weights(rates)
+    assert weights["colour"] > 0 and sampling.allocate(weights, 200)["colour"] >= 1
+    with pytest.raises(ValueError, match="smoothing"):
+        sampling.SamplingConfig(smoothing=0).check()
+
+
+def test_no_pool_image_is_reused_and_neighbours_are_nearer():
+    (records, summary), cases, embeddings, vectors = _run(sampling.SamplingConfig(budget=300, top_k=4))
+    shas = [r["image_sha256"] for r in records]
+    assert len(set(shas)) == len(shas) == 300
+    assert len({r["sample_id"] for r in records}) == 300
+    sims = summary["clip_similarity"]
+    assert sims["neighbour"] > sims["random"] + 0.2
+
+
+def test_budget_larger_than_pool_is_an_error():
+    with pytest.raises(ValueError, match="exceeds the unlabeled pool"):
+        _run(sampling.SamplingConfig(budget=50), pool_size=40)
+
+
+def test_random_ratio_is_respected():
+    (records, summary), *_ = _run(sampling.SamplingConfig(budget=200, random_ratio=0.25))
+    operators = [r["provenance"]["operator"] for r in records]
+    assert operators.count("random") == summary["random"] == 50
+    assert operators.count("neighbour") == 150
+    (records, _), *_ = _run(sampling.SamplingConfig(budget=50, random_ratio=0.0))
+    assert {r["provenance"]["operator"] for r in records} == {"neighbour"}
+
+
+def test_same_seed_same_queries_and_other_seed_differs():
+    config = sampling.SamplingConfig(budget=120)
+    (first, _), *_ = _run(config, seed=3)
+    (second, _), *_ = _run(config, seed=3)
+    (third, _), *_ = _run(config, seed=4)
+    assert first == second
+    assert [r["sample_id"] for r in first] != [r["sample_id"] for r in third]
+
+
+def test_lineage_fields_and_in_context_cases():
+    (records, _), cases, embeddings, vectors = _run(sampling.SamplingConfig(budget=60, in_context=2))
+    by_id = {case["sample_id"]: case for case in cases}
+    for record in records:
+        assert record["origin"] == "query" and record["iteration"] == 1
+        anchor, *in_context = record["parent_ids"]
+        assert by_id[anchor]["category"] == record["category"]
+        assert len(in_context) == 2 and anchor not in in_context
+        assert all(by_id[i]["category"] == record["category"] for i in in_context)
+        pool_index = int(record["image"].split("/")[-1].split(".")[0])
+        assert record["scores"]["clip"] == pytest.approx(float(embeddings[pool_index] @ vectors[anchor]), abs=1e-5)
+    # Anchors cycle through the category's bad cases before repeating.
+    colour_anchors = [r["parent_ids"][0] for r in records if r["category"] == "colour"]
+    assert len(set(colour_anchors[:5])) == min(5, len(colour_anchors))
+
+
+def test_category_without_badcases_gets_random_images():
+    (records, summary), *_ = _run(sampling.SamplingConfig(budget=90),
+                                  badcounts={"colour": 0, "count": 3, "spatial": 1})
+    colour = [r for r in records if r["category"] == "colour"]
+    assert colour and len(colour) == summary["allocation"]["colour"]
+    assert all(r["parent_ids"] == [] and r["provenance"]["operator"] == "random" for r in colour)
+    assert all(r["scores"]["clip"] is None for r in colour)
+    spatial = [r for r in records if r["category"] == "spatial"]
+    # The only bad case of a category is its own in-context example.
+    assert all(r["parent_ids"] == [r["parent_ids"][0]] * 2 for r in spatial)
+
+
+def test_attribute_agreement_counts_shared_objects():
+    records = [sample(sample_id="q1", parent_ids=["b"], iteration=1, origin="query", image_sha256="p1",
+                      provenance={"operator": "neighbour"}),
+               sample(sample_id="q2", parent_ids=["b"], iteration=1, origin="query", image_sha256="p2",
+                      provenance={"operator": "random"})]
+    objects = {"a": [("red", "circle")], "p1": [("red", "circle"), ("blue", "square")], "p2": [("green", "circle")]}
+    result = sampling.attribute_agreement(records, {"b": {"image_sha256": "a"}}, objects)
+    assert result["neighbour"] == {"n": 1, "shares_object": 1.0, "colour_jaccard": 0.5}
+    assert result["random"]["shares_object"] == 0.0
+
+
+def test_badcase_image_from_bench_tsv(tmp_path):
+    from PIL import Image
+
+    from mmloop.io import sha256_bytes
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    tsv = tmp_path / "bench.tsv"
+    tsv.write_text(f"index\tquestion\timage\n0\tq\t{base64.b64encode(data).decode()}\n")
+    cases = [{"sample_id": "badcase-0-x-0", "image": None, "image_sha256": sha256_bytes(data)},
+             {"sample_id": "badcase-0-x-1", "image": "images/ab/c.png", "image_sha256": "c"}]
+    images = sampling.badcase_images(cases, bench_tsv=str(tsv))
+    assert images["badcase-0-x-0"].getpixel((0, 0)) == (255, 0, 0)
+    assert images["badcase-0-x-1"] == "images/ab/c.png"
+    with pytest.raises(ValueError, match="badcase-0-x-2.*image_sha256"):
+        sampling.badcase_images([{"sample_id": "badcase-0-x-2", "image": None, "image_sha256": "nope"}],
+                                bench_tsv=str(tsv))
