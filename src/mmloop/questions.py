@@ -137,6 +137,11 @@ def describe(selector: Mapping[str, Any]) -> str:
     return " ".join(words)
 
 
+def article(phrase: str) -> str:
+    """'a red circle' / 'an orange circle'."""
+    return f"{'an' if phrase[:1].lower() in 'aeiou' else 'a'} {phrase}"
+
+
 def plural(noun: str) -> str:
     if noun.endswith(("s", "x", "ch", "sh")):
         return noun + "es"
@@ -224,7 +229,7 @@ def question_text(program: Mapping[str, Any]) -> str:
     if family == "size":
         return f"What size is the {describe(program['target'])}?"
     if family == "existence":
-        return f"Is there a {describe(program['query'])} in the image?"
+        return f"Is there {article(describe(program['query']))} in the image?"
     if family == "count":
         return f"How many {plural(describe(program['query']))} are there?"
     if family == "spatial":
@@ -239,13 +244,13 @@ def statement(program: Mapping[str, Any], answer: Any) -> str:
     if family == "colour":
         return f"The {describe(program['target'])} is {answer}."
     if family == "shape":
-        return f"The {describe(program['target'])} is a {answer}."
+        return f"The {describe(program['target'])} is {article(answer)}."
     if family == "size":
         return f"The {describe(program['target'])} is {answer}."
     if family == "existence":
         thing = describe(program["query"])
         if answer.lower() == "yes":
-            return f"Yes, there is a {thing} in the image."
+            return f"Yes, there is {article(thing)} in the image."
         return f"No, there is no {thing} in the image."
     if family == "count":
         number = int(answer)

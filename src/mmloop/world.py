@@ -138,7 +138,9 @@ def _position(obj: Mapping[str, Any], config: WorldConfig) -> str:
 
 def captions(objects: Sequence[Mapping[str, Any]], config: WorldConfig) -> list[str]:
     """Two captions: the objects in reading order, and the same with their grid cells."""
-    names = [f"a {obj['size']} {obj['colour']} {obj['shape']}" for obj in objects]
+    from mmloop.questions import article
+
+    names = [article(f"{obj['size']} {obj['colour']} {obj['shape']}") for obj in objects]
     placed = [f"{name} {_position(obj, config)}" for name, obj in zip(names, objects)]
     return [_join(names), _join(placed)]
 
