@@ -1,0 +1,61 @@
+"""evaluate ITER: models/iter=ITER on data/bench/bench.tsv -> data/iter=ITER/eval/{predictions,badcases}.parquet,
+metrics/eval/iter=ITER.json.
+
+Every option is scored by its log-likelihood (mmloop.evaluation); the wrong answers become
+the bad cases that the next iteration's sampling starts from.
+"""
+
+import sys
+import time
+from pathlib import Path
+
+from mmloop import evaluation, vlm
+from mmloop.benchmark import read_mmbench
+from mmloop.io import atomic_path, write_json
+from mmloop.params import load_params
+from mmloop.schema import prediction_schema, write_samples
+from mmloop.validation import validate
+
+DATA_ROOT = Path("data")
+BENCH_TSV = DATA_ROOT / "bench" / "bench.tsv"
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 1:
+        raise SystemExit("usage: python stages/evaluate.py ITERATION")
+    iteration = int(argv[0])
+    params = load_params()
+    section = params.get("evaluate") or {}
+    batch_size = int(section.get("batch_size", 128))
+    benchmark = str((params.get("bench") or {}).get("name", "bench"))
+    model_path = Path("models") / f"iter={iteration}"
+    eval_dir = DATA_ROOT / f"iter={iteration}" / "eval"
+    metrics_path = Path("metrics") / "eval" / f"iter={iteration}.json"
+
+    vlm.set_threads(int(section.get("threads", vlm.MAX_THREADS)))
+    items = read_mmbench(BENCH_TSV)
+    model, processor = vlm.load(model_path)
+    started = time.perf_counter()
+    predictions = evaluation.evaluate(model, processor, items, batch_size=batch_size,
+                                      model_name=vlm.model_name(model_path), iteration=iteration,
+                                      benchmark=benchmark)
+    seconds = time.perf_counter() - started
+    bad = evaluation.badcases(predictions, items, iteration, DATA_ROOT, source=BENCH_TSV.name)
+
+    # Timing stays out of the metrics file, so the same model and benchmark give the same file.
+    # Both suites pass before anything is written; the eval folder is published whole or not at all.
+    validate(predictions, "predictions", source=eval_dir / "predictions.parquet", iteration=iteration)
+    validate(bad, "badcases", source=eval_dir / "badcases.parquet", iteration=iteration, data_root=DATA_ROOT)
+    metrics = {**evaluation.metrics(predictions), "benchmark": benchmark, "model": vlm.model_name(model_path),
+               "iteration": iteration, "mode": evaluation.MODE, "badcases": len(bad)}
+    with atomic_path(eval_dir, directory=True) as tmp:
+        write_samples(predictions, tmp / "predictions.parquet", schema=prediction_schema())
+        write_samples(bad, tmp / "badcases.parquet")
+        write_json(metrics_path, metrics)
+    per_category = ", ".join(f"{name} {value:.3f}" for name, value in metrics["categories"].items())
+    print(f"evaluate iter={iteration}: overall {metrics['overall']:.3f} on {metrics['n']} items "
+          f"({per_category}); {len(bad)} bad cases; {len(items) / seconds:.0f} items/s")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
