@@ -28,6 +28,7 @@ def main(argv: list[str]) -> None:
     section = params.get("evaluate") or {}
     batch_size = int(section.get("batch_size", 128))
     benchmark = str((params.get("bench") or {}).get("name", "bench"))
+    answer_format = str(params.get("answer_format", "letter"))
     model_path = Path("models") / f"iter={iteration}"
     eval_dir = DATA_ROOT / f"iter={iteration}" / "eval"
     metrics_path = Path("metrics") / "eval" / f"iter={iteration}.json"
@@ -38,16 +39,18 @@ def main(argv: list[str]) -> None:
     started = time.perf_counter()
     predictions = evaluation.evaluate(model, processor, items, batch_size=batch_size,
                                       model_name=vlm.model_name(model_path), iteration=iteration,
-                                      benchmark=benchmark)
+                                      benchmark=benchmark, answer_format=answer_format)
     seconds = time.perf_counter() - started
-    bad = evaluation.badcases(predictions, items, iteration, DATA_ROOT, source=BENCH_TSV.name)
+    bad = evaluation.badcases(predictions, items, iteration, DATA_ROOT, source=BENCH_TSV.name,
+                              answer_format=answer_format)
 
     # Timing stays out of the metrics file, so the same model and benchmark give the same file.
     # Both suites pass before anything is written; the eval folder is published whole or not at all.
     validate(predictions, "predictions", source=eval_dir / "predictions.parquet", iteration=iteration)
     validate(bad, "badcases", source=eval_dir / "badcases.parquet", iteration=iteration, data_root=DATA_ROOT)
     metrics = {**evaluation.metrics(predictions), "benchmark": benchmark, "model": vlm.model_name(model_path),
-               "iteration": iteration, "mode": evaluation.MODE, "badcases": len(bad)}
+               "iteration": iteration, "mode": evaluation.MODE, "answer_format": answer_format,
+               "badcases": len(bad)}
     with atomic_path(eval_dir, directory=True) as tmp:
         write_samples(predictions, tmp / "predictions.parquet", schema=prediction_schema())
         write_samples(bad, tmp / "badcases.parquet")

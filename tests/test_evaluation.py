@@ -250,3 +250,56 @@ def test_dropped_prompt_tokens_add_the_same_term_to_every_option(setup, monkeypa
         assert shifts[0] < -1e-3
         assert shifts == pytest.approx([shifts[0]] * len(shifts), abs=1e-4)
         assert a["prediction"] == b["prediction"]
+
+
+def reference_option_scores(model, processor, item):
+    """Unbatched: each full conversation whose reply is the option's text in its own forward
+    pass, the reply's tokens' log-probabilities summed (the end token excluded)."""
+    import torch
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(item["image"])).convert("RGB")
+    user = vlm.messages([{"role": "user", "content": mcq_prompt(item["question"], item["options"], item["hint"],
+                                                                answer_format="option")}])
+    prompt = processor.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+    prompt_length = processor(text=[prompt], images=[image], return_tensors="pt",
+                              add_special_tokens=False)["input_ids"].shape[1]
+    scores = []
+    for option in item["options"]:
+        full = processor.apply_chat_template(user + [{"role": "assistant", "content": option}], tokenize=False)
+        encoded = processor(text=[full], images=[image], return_tensors="pt", add_special_tokens=False)
+        ids = encoded["input_ids"][0]
+        end = len(ids) - 1 if int(ids[-1]) == processor.tokenizer.eos_token_id else len(ids)
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(**encoded).logits[0].float(), dim=-1)
+        scores.append(sum(float(logprobs[p - 1, ids[p]]) for p in range(prompt_length, end)))
+    return scores
+
+
+def test_option_text_replies_score_like_full_sequences(setup):
+    _, items, model, processor = setup
+    rows = run(setup, answer_format="option", batch_size=5)
+    multi_token = [item for item in items if any(" " in option for option in item["options"])]
+    assert multi_token, "the bench should hold multi-token options (spatial relations) to cover that path"
+    for item, row in zip(items, rows):
+        assert row["option_scores"] == pytest.approx(reference_option_scores(model, processor, item), abs=1e-4)
+
+
+def test_option_text_replies_pick_the_favoured_option(setup):
+    _, items, model, processor = setup
+    yes_id = processor.tokenizer.convert_tokens_to_ids("yes")
+
+    def favour_yes(module, inputs, output):
+        output = output.clone()
+        output[..., yes_id] += 100.0
+        return output
+
+    handle = model.lm_head.register_forward_hook(favour_yes)
+    try:
+        rows = run(setup, answer_format="option")
+    finally:
+        handle.remove()
+    existence = [(item, row) for item, row in zip(items, rows) if "yes" in item["options"]]
+    assert existence
+    for item, row in existence:
+        assert item["options"]["ABCD".index(row["prediction"])] == "yes"

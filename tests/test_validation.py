@@ -229,3 +229,12 @@ def test_many_rows_validate_in_seconds(images, tmp_path):
     start = time.perf_counter()
     validate(rows, "samples", source="big.parquet", iteration=1, data_root=tmp_path)
     assert time.perf_counter() - start < 30
+
+
+def test_badcase_image_may_live_only_in_the_benchmark_but_needs_its_hash(images, tmp_path):
+    rows = badcase_rows(images)
+    rows[0]["image"] = None  # the benchmark file holds it; the hash still names it
+    validate(rows, "badcases", source="badcases.parquet", iteration=0, data_root=tmp_path)
+    rows[0]["image_sha256"] = None
+    check_fails(rows, "badcases", tmp_path, ids=["badcase-0-shapes-0"],
+                expectation="check_image_sha256_matches", source="badcases.parquet")

@@ -57,11 +57,12 @@ class CurateConfig:
     turns_per_image: int = 6
     mcq_ratio: float = 0.75
     family_weights: dict[str, float] = field(default_factory=dict)
+    answer_format: str = "letter"  # params.yaml's top-level answer_format: how mcq turns reply
 
     @classmethod
-    def from_params(cls, section: Mapping[str, Any] | None) -> "CurateConfig":
+    def from_params(cls, section: Mapping[str, Any] | None, answer_format: str = "letter") -> "CurateConfig":
         """Checked settings from params.yaml's `curate` section; errors name the key."""
-        from mmloop.questions import FAMILIES
+        from mmloop.questions import FAMILIES, check_answer_format
 
         def fail(message: str) -> None:
             raise ValueError(f"params.yaml: curate.{message}")
@@ -114,7 +115,8 @@ class CurateConfig:
         if not sum(weights.values()) > 0:
             fail("family_weights gives no family a positive weight")
         return cls(sources=tuple(checked), turns_per_image=turns, mcq_ratio=float(ratio),
-                   family_weights={family: float(weights[family]) for family in FAMILIES if family in weights})
+                   family_weights={family: float(weights[family]) for family in FAMILIES if family in weights},
+                   answer_format=check_answer_format(answer_format))
 
 
 # ---------------------------------------------------------------- images
@@ -214,7 +216,7 @@ def conversation_turns(objects: Sequence[Any], captions: Sequence[str], config: 
         fmt = "mcq" if rng.random() < config.mcq_ratio else "short"
         record = {"format": fmt, "program": made.program,
                   "options": list(made.options) if fmt == "mcq" else [], "answer": made.answer}
-        pairs.append((questions.turns(made, fmt), record))
+        pairs.append((questions.turns(made, fmt, config.answer_format), record))
     if captions:
         caption = sentence(rng.choice(list(captions)))
         pair = [{"role": "user", "content": questions.CAPTION_QUESTION},
@@ -384,7 +386,7 @@ def curate(params: Mapping[str, Any], *, data_root: str | os.PathLike = "data"
     """
     from mmloop.params import stage_seed
 
-    config = CurateConfig.from_params(params.get("curate"))
+    config = CurateConfig.from_params(params.get("curate"), params.get("answer_format", "letter"))
     seed = stage_seed(params, "curate")
     resolver = _ImageResolver(data_root)
     mix = FamilyMix(config.family_weights)  # one running mix over every COCO source

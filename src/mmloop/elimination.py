@@ -120,9 +120,12 @@ def verify_answer(row: Mapping[str, Any], objects_by_sha: Mapping[str, Sequence[
     if normalise_text(str(expected)) != normalise_text(row.get("answer")):
         return False
     if row.get("format") == "mcq":
-        # The assistant's letter must point at the answer among the options.
+        # The assistant's reply (a letter, or the option's text) must name the answer among the options.
         options = list(row.get("options") or [])
-        if row.get("answer") not in options or assistant_reply(row).strip() != letter(options.index(row["answer"])):
+        if row.get("answer") not in options:
+            return False
+        reply = assistant_reply(row).strip()
+        if reply not in (letter(options.index(row["answer"])), row["answer"]):
             return False
     return True
 

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mmloop.questions import MCQ_SUFFIX, mcq_prompt
+from mmloop.questions import MCQ_SUFFIXES, mcq_prompt, mcq_reply
 from mmloop.schema import OPTION_LETTERS, sample
 
 MODE = "loglik"
@@ -48,16 +48,24 @@ def item_id(benchmark: str, index: Any) -> str:
     return f"{benchmark}-{index}"
 
 
-def user_prompt(item: Mapping[str, Any]) -> str:
-    return mcq_prompt(item["question"], item["options"], item.get("hint"))
+def user_prompt(item: Mapping[str, Any], answer_format: str = "letter") -> str:
+    return mcq_prompt(item["question"], item["options"], item.get("hint"), answer_format)
+
+
+def option_replies(item: Mapping[str, Any], answer_format: str = "letter") -> list[str]:
+    """The assistant reply that picks each option: its letter, or its text."""
+    return [mcq_reply(item["options"], option, answer_format) for option in item["options"]]
 
 
 # ---------------------------------------------------------------- scoring
 
 def evaluate(model, processor, items: Sequence[Mapping[str, Any]], *, batch_size: int = 128,
-             model_name: str, iteration: int, benchmark: str, method: str = "auto") -> list[dict[str, Any]]:
+             model_name: str, iteration: int, benchmark: str, method: str = "auto",
+             answer_format: str = "letter") -> list[dict[str, Any]]:
     """Prediction rows (prediction schema, mode "loglik") for `items` (as `benchmark.read_mmbench`
-    returns them), in item order. `method="per_option"` forces the one-sequence-per-option path."""
+    returns them), in item order. Each option scores the log-likelihood of the reply that picks
+    it (`answer_format`: its letter, or its text). `method="per_option"` forces the
+    one-sequence-per-option path."""
     import torch
 
     from mmloop.io import progress
@@ -70,9 +78,10 @@ def evaluate(model, processor, items: Sequence[Mapping[str, Any]], *, batch_size
     if not items:
         return []
     images = decode_images(items)
-    texts = prompt_texts(processor, items)
-    letters = OPTION_LETTERS[:max(len(item["options"]) for item in items)]
-    continuations = _Continuations(processor.tokenizer, continuation_texts(processor, letters))
+    texts = prompt_texts(processor, items, answer_format)
+    replies = [option_replies(item, answer_format) for item in items]
+    distinct = sorted({reply for item_replies in replies for reply in item_replies})
+    continuations = _Continuations(processor.tokenizer, continuation_texts(processor, distinct))
     order = sorted(range(len(items)), key=lambda i: len(texts[i]))
     scores: list[list[float]] = [[] for _ in items]
     latency: list[float] = [0.0] * len(items)
@@ -88,7 +97,7 @@ def evaluate(model, processor, items: Sequence[Mapping[str, Any]], *, batch_size
             for start in range(0, len(order), int(batch_size)):
                 batch = order[start:start + int(batch_size)]
                 started = time.perf_counter()
-                batch_scores = _score_batch(model, processor, [items[i] for i in batch], [texts[i] for i in batch],
+                batch_scores = _score_batch(model, processor, [replies[i] for i in batch], [texts[i] for i in batch],
                                             [images[items[i]["image_sha256"]] for i in batch], continuations,
                                             method, int(batch_size))
                 elapsed_ms = (time.perf_counter() - started) * 1000.0 / len(batch)
@@ -125,24 +134,24 @@ def decode_images(items: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return arrays
 
 
-def prompt_texts(processor, items: Sequence[Mapping[str, Any]]) -> list[str]:
+def prompt_texts(processor, items: Sequence[Mapping[str, Any]], answer_format: str = "letter") -> list[str]:
     """The chat-template text of each item's user turn plus the generation prompt."""
     from mmloop.vlm import messages
 
-    conversations = [messages([{"role": "user", "content": user_prompt(item)}]) for item in items]
+    conversations = [messages([{"role": "user", "content": user_prompt(item, answer_format)}]) for item in items]
     return list(processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False))
 
 
-def continuation_texts(processor, letters: Sequence[str]) -> dict[str, str]:
-    """{letter: the text the chat template puts after the generation prompt up to and
-    including the letter} (" B" for "ASSISTANT: B</s>"). Falls back to the bare letter
+def continuation_texts(processor, replies: Sequence[str]) -> dict[str, str]:
+    """{reply: the text the chat template puts after the generation prompt up to and
+    including the reply} (" B" for "ASSISTANT: B</s>"). Falls back to the bare reply
     for templates whose full conversation does not extend the prompt."""
     from mmloop.vlm import messages
 
-    user = messages([{"role": "user", "content": mcq_prompt("?", list(letters))}])
+    user = messages([{"role": "user", "content": "?"}])  # only the template around the reply matters
     prompt = processor.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
     result = {}
-    for option in letters:
+    for option in replies:
         full = processor.apply_chat_template(
             user + [{"role": "assistant", "content": [{"type": "text", "text": option}]}], tokenize=False)
         at = full.find(option, len(prompt)) if full.startswith(prompt) else -1
@@ -160,11 +169,11 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class _Continuations:
-    """Token ids of each letter's continuation, tokenised in context.
+    """Token ids of each reply's continuation, tokenised in context.
 
-    `split(context)` -> (drop, {letter: ids}): drop the last `drop` tokens of the context's
-    ids and append a letter's ids to get the tokens of context + continuation text. The
-    context of every MMBench prompt ends with the MCQ suffix plus the template's generation
+    `split(context)` -> (drop, {reply: ids}): drop the last `drop` tokens of the context's
+    ids and append a reply's ids to get the tokens of context + continuation text. The
+    context of every MMBench prompt ends with an MCQ suffix plus the template's generation
     prompt, so that tail is tokenised once and reused, after checking that the item's own
     ids end with it; anything else is tokenised per item.
     """
@@ -175,7 +184,7 @@ class _Continuations:
         self.cache: dict[str, tuple[list[int], int, dict[str, list[int]]]] = {}
 
     def split(self, context: str, context_ids: Sequence[int]) -> tuple[int, dict[str, list[int]]]:
-        at = context.rfind(MCQ_SUFFIX)
+        at = max(context.rfind(suffix) for suffix in MCQ_SUFFIXES.values())
         if at >= 0:
             tail = context[at:]
             if tail not in self.cache:
@@ -201,8 +210,10 @@ class _Continuations:
         return context_ids, len(context_ids) - keep, ids
 
 
-def _score_batch(model, processor, items, texts, arrays, continuations: _Continuations, method: str,
+def _score_batch(model, processor, replies, texts, arrays, continuations: _Continuations, method: str,
                  batch_size: int) -> list[list[float]]:
+    """Scores per item and option. Items whose replies are each one token past the prompt take
+    one forward pass (the next-token log-probs); the rest get one sequence per option."""
     encoded = processor(text=list(texts), images=list(arrays), return_tensors="pt", padding=True,
                         add_special_tokens=False)
     mask = encoded["attention_mask"]
@@ -213,12 +224,25 @@ def _score_batch(model, processor, items, texts, arrays, continuations: _Continu
     ids = encoded["input_ids"]
     splits = [continuations.split(text, ids[row, :length].tolist())
               for row, (text, length) in enumerate(zip(texts, lengths))]
-    letter_ids = [[ids_by_letter[OPTION_LETTERS[j]] for j in range(len(item["options"]))]
-                  for item, (_, ids_by_letter) in zip(items, splits)]
-    single = all(drop == 0 for drop, _ in splits) and all(len(c) == 1 for row in letter_ids for c in row)
-    if method == "auto" and single:
-        return _score_next_token(model, encoded, lengths, letter_ids)
-    return _score_per_option(model, encoded, lengths, [drop for drop, _ in splits], letter_ids, batch_size)
+    option_ids = [[ids_by_reply[reply] for reply in item_replies]
+                  for item_replies, (_, ids_by_reply) in zip(replies, splits)]
+    single = [method == "auto" and drop == 0 and all(len(ids) == 1 for ids in row)
+              for (drop, _), row in zip(splits, option_ids)]
+    scores: list[list[float]] = [[] for _ in replies]
+    for use_single, rows in ((True, [r for r, one in enumerate(single) if one]),
+                             (False, [r for r, one in enumerate(single) if not one])):
+        if not rows:
+            continue
+        part = {key: value[rows] for key, value in encoded.items()} if len(rows) < len(replies) else dict(encoded)
+        part_lengths = [lengths[r] for r in rows]
+        part_ids = [option_ids[r] for r in rows]
+        if use_single:
+            found = _score_next_token(model, part, part_lengths, part_ids)
+        else:
+            found = _score_per_option(model, part, part_lengths, [splits[r][0] for r in rows], part_ids, batch_size)
+        for r, row_scores in zip(rows, found):
+            scores[r] = row_scores
+    return scores
 
 
 def _forward_logits(model, inputs: Mapping[str, Any], keep):
@@ -235,7 +259,7 @@ def _forward_logits(model, inputs: Mapping[str, Any], keep):
         return model(**inputs, use_cache=False).logits, False
 
 
-def _score_next_token(model, encoded, lengths: Sequence[int], letter_ids) -> list[list[float]]:
+def _score_next_token(model, encoded, lengths: Sequence[int], option_ids) -> list[list[float]]:
     """Single-token letters: the log-softmax at each prompt's last token."""
     import torch
 
@@ -245,10 +269,10 @@ def _score_next_token(model, encoded, lengths: Sequence[int], letter_ids) -> lis
     column = torch.searchsorted(positions, last) if kept else last
     rows = logits[torch.arange(len(lengths), device=logits.device), column.to(logits.device)].float()
     logprobs = torch.log_softmax(rows, dim=-1).cpu()
-    return [[float(logprobs[row, token[0]]) for token in options] for row, options in enumerate(letter_ids)]
+    return [[float(logprobs[row, token[0]]) for token in options] for row, options in enumerate(option_ids)]
 
 
-def _score_per_option(model, encoded, lengths, drops, letter_ids, batch_size: int) -> list[list[float]]:
+def _score_per_option(model, encoded, lengths, drops, option_ids, batch_size: int) -> list[list[float]]:
     """One sequence per (item, option): prompt (minus dropped tokens) plus the continuation,
     the continuation's token log-probabilities summed. Image tensors are repeated per row."""
     import torch
@@ -261,11 +285,11 @@ def _score_per_option(model, encoded, lengths, drops, letter_ids, batch_size: in
                                       f"{key!r} has shape {tuple(getattr(value, 'shape', ()))} for {batch} items")
     pad_id = _pad_id(encoded, lengths)
     sequences = []  # (item row, option, prompt length kept, token ids)
-    for row, (length, drop, options) in enumerate(zip(lengths, drops, letter_ids)):
+    for row, (length, drop, options) in enumerate(zip(lengths, drops, option_ids)):
         prompt = encoded["input_ids"][row, :length - drop].tolist()
         for option, continuation in enumerate(options):
             sequences.append((row, option, len(prompt), prompt + list(continuation)))
-    scores = [[0.0] * len(options) for options in letter_ids]
+    scores = [[0.0] * len(options) for options in option_ids]
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start:start + batch_size]
         width = max(len(tokens) for *_, tokens in chunk)
@@ -341,9 +365,10 @@ def metrics(predictions: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def badcases(predictions: Iterable[Mapping[str, Any]], items: Sequence[Mapping[str, Any]], iteration: int,
-             data_root: str | os.PathLike = "data", *, source: str = "bench.tsv") -> list[dict[str, Any]]:
+             data_root: str | os.PathLike = "data", *, source: str = "bench.tsv",
+             answer_format: str = "letter") -> list[dict[str, Any]]:
     """Sample rows (origin "badcase") for the wrong predictions: the MCQ user turn and the
-    correct letter as the assistant turn; `image` is the content-addressed store path when
+    correct reply (letter or option text) as the assistant turn; `image` is the content-addressed store path when
     that file exists under `data_root`, else null (the image is then only in the TSV)."""
     from mmloop.world import image_path
 
@@ -361,14 +386,14 @@ def badcases(predictions: Iterable[Mapping[str, Any]], items: Sequence[Mapping[s
             raise ValueError(f"badcases: prediction item {prediction['item']!r} is not among the benchmark items")
         sha = item["image_sha256"]
         stored = image_path(sha)
-        correct_letter = item["answer"]
-        conversations = [{"role": "user", "content": user_prompt(item)},
-                         {"role": "assistant", "content": correct_letter}]
+        answer = item["options"][OPTION_LETTERS.index(item["answer"])]
+        conversations = [{"role": "user", "content": user_prompt(item, answer_format)},
+                         {"role": "assistant", "content": mcq_reply(item["options"], answer, answer_format)}]
         rows.append(sample(
             sample_id=f"badcase-{int(iteration)}-{prediction['item']}", parent_ids=[], iteration=int(iteration),
             origin="badcase", image=stored if (data_root / stored).is_file() else None, image_sha256=sha,
             conversations=conversations, category=item["category"], format="mcq", question=item["question"],
-            options=list(item["options"]), answer=item["options"][OPTION_LETTERS.index(correct_letter)],
+            options=list(item["options"]), answer=answer,
             provenance={"backend": "benchmark", "model": prediction.get("model"),
                         "source": f"{source}#{item['index']}"},
         ))

@@ -8,7 +8,8 @@ in provenance for elimination to verify). `openai` sends the same queries to an
 OpenAI-compatible model (mmloop.llm_teacher).
 
 Formats follow params `generate.format_mix`: mcq rows use the MMBench prompt and a
-letter answer; short rows ask the question alone and answer with a full sentence.
+reply naming the option (its letter or text, params answer_format); short rows ask the question alone
+and answer with a full sentence.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mmloop.io import stable_hash
+from mmloop.questions import L2_CATEGORY
 from mmloop.schema import letter, make_sample_id, sample
 
 BACKENDS = ("annotations", "openai")
@@ -87,7 +89,8 @@ def annotation_rows(queries: Sequence[Mapping[str, Any]], objects_by_sha: Mappin
         if made is None:
             entry["skipped"] += 1
             continue
-        row = question_row(made, query, row_format, iteration=iteration)
+        row = question_row(made, query, row_format, iteration=iteration,
+                           answer_format=settings.get("answer_format", "letter"))
         if row["sample_id"] in seen:
             # Two queries on the same image asked the same question: one sample.
             entry["duplicate_id"] += 1
@@ -98,18 +101,13 @@ def annotation_rows(queries: Sequence[Mapping[str, Any]], objects_by_sha: Mappin
     return rows, stats
 
 
-def question_row(made: Any, query: Mapping[str, Any], row_format: str, *, iteration: int | str) -> dict[str, Any]:
+def question_row(made: Any, query: Mapping[str, Any], row_format: str, *, iteration: int | str,
+                 answer_format: str = "letter") -> dict[str, Any]:
     """A sample row from a questions.py question for a query."""
     from mmloop import questions
 
-    if row_format == "mcq":
-        conversations = [{"role": "user", "content": questions.mcq_prompt(made.question, list(made.options))},
-                         {"role": "assistant", "content": letter(list(made.options).index(made.answer))}]
-        options = list(made.options)
-    else:
-        conversations = [{"role": "user", "content": made.question},
-                         {"role": "assistant", "content": made.statement}]
-        options = []
+    conversations = questions.turns(made, row_format, answer_format)
+    options = list(made.options) if row_format == "mcq" else []
     family = query["category"]
     return sample(
         sample_id=make_sample_id(query["image_sha256"], conversations, "generated", query["sample_id"]),
@@ -126,7 +124,11 @@ def generate(queries: Sequence[Mapping[str, Any]], params: Mapping[str, Any], *,
     """Dispatch on params generate.backend. Returns (rows, metrics)."""
     from mmloop.params import stage_seed
 
+    from mmloop.questions import check_answer_format
+
     settings = dict(params.get("generate") or {})
+    # How mcq rows reply is one choice for the whole loop (params.yaml's top-level answer_format).
+    settings["answer_format"] = check_answer_format(params.get("answer_format", "letter"))
     backend = settings.get("backend", "annotations")
     if backend not in BACKENDS:
         raise ValueError(f"params.yaml: generate.backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -184,7 +186,7 @@ def mmbench_items(rows: Sequence[Mapping[str, Any]], *, data_root: str | os.Path
             encoded[row["image"]] = base64.b64encode((Path(data_root) / row["image"]).read_bytes()).decode("ascii")
         item = {"index": index, "question": row["question"], "hint": None,
                 "answer": letter(options.index(row["answer"])), "category": row["category"],
-                "l2-category": row["category"], "image": encoded[row["image"]], "sample_id": row["sample_id"]}
+                "l2-category": L2_CATEGORY.get(row["category"], row["category"]), "image": encoded[row["image"]], "sample_id": row["sample_id"]}
         item.update({letter(position): option for position, option in enumerate(options)})
         items.append(item)
     return items

@@ -34,7 +34,8 @@ from typing import Any
 from mmloop import journal as journal_mod
 from mmloop import llm, prompts, structured
 from mmloop.io import stable_hash
-from mmloop.schema import letter, make_sample_id, sample
+from mmloop.questions import mcq_prompt, mcq_reply
+from mmloop.schema import make_sample_id, sample
 
 BACKEND = "openai"
 SKIPPED, PARSE_FAILED, REQUEST_FAILED = "skipped", "parse_failed", "request_failed"
@@ -79,17 +80,6 @@ def object_dict(obj: Any) -> dict[str, Any]:
     if "bbox" in flat and flat["bbox"] is not None:
         flat["bbox"] = [round(float(v), 1) for v in flat["bbox"]]
     return {k: flat[k] for k in OBJECT_KEYS if flat.get(k) is not None}
-
-
-def mcq_turn(question: str, options: Sequence[str]) -> str:
-    """The MMBench/VLMEvalKit user turn; questions.mcq_prompt when available, so the loop has one format."""
-    try:
-        from mmloop.questions import mcq_prompt
-    except ImportError:
-        lines = [question, "Options:", *(f"{letter(i)}. {o}" for i, o in enumerate(options)),
-                 "Answer with the option's letter from the given choices directly."]
-        return "\n".join(lines)
-    return mcq_prompt(question, list(options))
 
 
 def _badcase_context(case: Mapping[str, Any]) -> dict[str, Any]:
@@ -158,7 +148,8 @@ def _image_size(query: Mapping[str, Any], objects: Sequence[Mapping[str, Any]]) 
     return size, size
 
 
-def item_record(item: Mapping[str, Any], plan: Plan, provenance: dict[str, Any], iteration: int) -> dict[str, Any]:
+def item_record(item: Mapping[str, Any], plan: Plan, provenance: dict[str, Any], iteration: int,
+                answer_format: str = "letter") -> dict[str, Any]:
     """A validated item as a sample row."""
     query = plan.query
     common = dict(parent_ids=[query["sample_id"]], iteration=int(iteration), origin="generated",
@@ -168,8 +159,8 @@ def item_record(item: Mapping[str, Any], plan: Plan, provenance: dict[str, Any],
         options = list(item["options"])
         # Teachers favour putting the answer first; a seeded shuffle keeps letters balanced.
         random.Random(stable_hash(query["sample_id"], item["question"], options)).shuffle(options)
-        conversations = [{"role": "user", "content": mcq_turn(item["question"], options)},
-                         {"role": "assistant", "content": letter(options.index(item["answer"]))}]
+        conversations = [{"role": "user", "content": mcq_prompt(item["question"], options, answer_format=answer_format)},
+                         {"role": "assistant", "content": mcq_reply(options, item["answer"], answer_format)}]
         fields = dict(format="mcq", question=item["question"], options=options, answer=item["answer"])
     elif plan.data_type == "short":
         conversations = [{"role": "user", "content": item["question"]},
@@ -253,7 +244,8 @@ def generate(queries: Sequence[Mapping[str, Any]], badcases: Sequence[Mapping[st
                 rows = [rejected_record(plan, result.content, PARSE_FAILED, provenance, iteration)]
                 outcomes[PARSE_FAILED] += 1
             else:
-                rows = [item_record(item, plan, provenance, iteration) for item in parsed.items]
+                rows = [item_record(item, plan, provenance, iteration, params.get("answer_format", "letter"))
+                        for item in parsed.items]
                 outcomes["generated"] += 1
         for row in rows:
             if row["sample_id"] not in seen_ids:  # two identical items in one reply are one sample

@@ -34,7 +34,13 @@ SHAPES = ("circle", "square", "triangle")
 SIZES = ("small", "large")
 RELATIONS = ("left of", "right of", "above", "below")
 YES_NO = ("yes", "no")
+# How a multiple-choice reply names its choice. "letter" is the MMBench/VLMEvalKit convention
+# (the reply is "B"), right for hub models. "option" replies with the option's text: a tiny
+# model trained from scratch on a CPU learns to read the image in minutes but not the extra
+# step of mapping what it sees to a letter (see the README's measurements).
+ANSWER_FORMATS = ("letter", "option")
 MCQ_SUFFIX = "Answer with the option's letter from the given choices directly."
+MCQ_SUFFIXES = {"letter": MCQ_SUFFIX, "option": "Answer with the option's text from the given choices directly."}
 CAPTION_QUESTION = "Describe the image briefly."
 # A relation is asked only when one axis dominates the other by this factor (no diagonals).
 DOMINANT_AXIS_RATIO = 2.0
@@ -393,7 +399,7 @@ def vocabulary_texts(colours: Sequence[str] = COLOURS, shapes: Sequence[str] = S
     """Texts holding every word a question or answer of any family can use over these
     vocabularies, so a tokenizer trained on a starved seed still knows them all."""
     words = [*colours, *shapes, *(plural(shape) for shape in shapes), *sizes, *RELATIONS, *YES_NO,
-             *NUMBER_WORDS, *(str(k) for k in range(max_count + 1)), "object", "objects", "is", "are"]
+             *NUMBER_WORDS, *(str(k) for k in range(max_count + 1)), "object", "objects", "is", "are", "a", "an"]
     selector = {"size": sizes[0], "colour": colours[0], "shape": shapes[0]}
     examples = [
         ({"family": "colour", "target": selector}, colours[0]), ({"family": "shape", "target": selector}, shapes[0]),
@@ -402,27 +408,44 @@ def vocabulary_texts(colours: Sequence[str] = COLOURS, shapes: Sequence[str] = S
         ({"family": "spatial", "a": selector, "b": selector}, "left of"),
         ({"family": "spatial", "a": selector, "b": selector}, "above"),
     ]
-    texts = [" ".join(words), CAPTION_QUESTION, MCQ_SUFFIX]
+    texts = [" ".join(words), CAPTION_QUESTION, *MCQ_SUFFIXES.values()]
     texts += [f"{question_text(program)} {statement(program, answer)}" for program, answer in examples]
     return texts
 
 
 # ---------------------------------------------------------------- prompts and turns
 
-def mcq_prompt(question: str, options: Sequence[str], hint: str | None = None) -> str:
-    """The MMBench/VLMEvalKit multiple-choice user turn."""
+def check_answer_format(answer_format: str) -> str:
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"params.yaml: answer_format must be one of {', '.join(ANSWER_FORMATS)}, "
+                         f"got {answer_format!r}")
+    return answer_format
+
+
+def mcq_prompt(question: str, options: Sequence[str], hint: str | None = None,
+               answer_format: str = "letter") -> str:
+    """The MMBench/VLMEvalKit multiple-choice user turn: hint, question, lettered options, suffix."""
     lines = [f"Hint: {hint}"] if hint else []
     lines += [question, "Options:"]
     lines += [f"{letter(index)}. {option}" for index, option in enumerate(options)]
-    lines.append(MCQ_SUFFIX)
+    lines.append(MCQ_SUFFIXES[check_answer_format(answer_format)])
     return "\n".join(lines)
 
 
-def turns(question: Question, fmt: str) -> list[dict[str, str]]:
-    """A (user, assistant) turn pair: "mcq" answers with the letter, "short" with the statement."""
+def mcq_reply(options: Sequence[str], answer: str, answer_format: str = "letter") -> str:
+    """The assistant's reply naming `answer` among `options`: its letter, or its text."""
+    if check_answer_format(answer_format) == "option":
+        return answer
+    return letter(list(options).index(answer))
+
+
+def turns(question: Question, fmt: str, answer_format: str = "letter") -> list[dict[str, str]]:
+    """A (user, assistant) turn pair: "mcq" answers with the option (letter or text), "short"
+    with the full-sentence statement."""
     if fmt == "mcq":
-        return [{"role": "user", "content": mcq_prompt(question.question, question.options)},
-                {"role": "assistant", "content": question.answer_letter}]
+        return [{"role": "user", "content": mcq_prompt(question.question, question.options,
+                                                        answer_format=answer_format)},
+                {"role": "assistant", "content": mcq_reply(question.options, question.answer, answer_format)}]
     if fmt == "short":
         return [{"role": "user", "content": question.question},
                 {"role": "assistant", "content": question.statement}]

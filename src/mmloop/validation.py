@@ -77,6 +77,7 @@ def validate(records_or_dataframe: Iterable[Mapping[str, Any]] | Any, suite: str
     if suite not in SUITES:
         raise ValueError(f"unknown validation suite {suite!r} (have {', '.join(SUITES)})")
     source = str(source)
+    _quiet_great_expectations()  # before great_expectations is first imported: it logs on import
     frame = _to_frame(records_or_dataframe)
     if suite == "predictions":
         id_column = "item"
@@ -149,15 +150,19 @@ def _file_sha256(path: Path) -> str | None:
     return _HASH_CACHE[key]
 
 
-def _image_checks(frame, data_root: Path, *, image_required: bool) -> tuple[list[bool], list[bool]]:
-    """(file exists, sha256 matches) per row; each distinct image is hashed once."""
+def _image_checks(frame, data_root: Path, *, image_required: bool,
+                  hash_without_file: bool = False) -> tuple[list[bool], list[bool]]:
+    """(file exists, sha256 matches) per row; each distinct image is hashed once.
+
+    A null image is allowed where the suite allows it: then it has no hash, or, with
+    `hash_without_file`, it must carry the hash of an image kept elsewhere (a bad case's
+    image that lives only in the benchmark file)."""
     hashes: dict[str, str | None] = {}
     exists, matches = [], []
     for image, expected in zip(frame["image"], frame["image_sha256"]):
         if _is_null(image):
-            # A text-only sample is allowed where the suite allows it, and then has no hash.
             exists.append(not image_required)
-            matches.append(not image_required and _is_null(expected))
+            matches.append(not image_required and _is_null(expected) != hash_without_file)
             continue
         if image not in hashes:
             hashes[image] = _file_sha256(data_root / image)
@@ -204,8 +209,8 @@ def _sample_checks(frame, suite: str, source: str, iteration, data_root: Path):
                              "format", "options", "answer", "parent_ids"), source, suite)
     # Queries carry no conversation or answer yet (the generator writes them); everything else must.
     conversations_required = suite != "queries"
-    image_required = suite != "samples"
-    exists, matches = _image_checks(frame, data_root, image_required=image_required)
+    exists, matches = _image_checks(frame, data_root, image_required=suite == "queries",
+                                    hash_without_file=suite == "badcases")
     frame["check_image_exists"] = exists
     frame["check_image_sha256_matches"] = matches
     frame["check_answer_in_options"] = [
@@ -303,7 +308,6 @@ def _quiet_great_expectations() -> None:
 
 def _run_great_expectations(frame, suite_name: str, expectations: list, id_column: str
                             ) -> list[tuple[str, list[str]]]:
-    _quiet_great_expectations()
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 

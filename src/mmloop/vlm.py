@@ -189,7 +189,12 @@ def save(model, processor, path: str | os.PathLike) -> Path:
 def load(path_or_hub_id: str | os.PathLike, *, trainable: bool = False):
     """(model, processor) from a local folder or a hub id, the same way for both."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers.utils import logging as transformers_logging
 
+    from mmloop.io import show_progress
+
+    if not show_progress():
+        transformers_logging.disable_progress_bar()
     source = str(path_or_hub_id)
     if _looks_local(source) and not Path(source).is_dir():
         raise FileNotFoundError(f"{source}: model folder not found")
