@@ -13,6 +13,7 @@ from mmloop.schema import read_samples, write_samples
 SEED = "data/seed/samples.parquet"
 MODEL_DIR = "models/iter=0"
 REPLAY_POOL = "data/iter=0/replay_pool.parquet"
+CHECKPOINT = "models/.checkpoints/iter=0.pt"  # a killed run resumes from here
 
 
 def main() -> None:
@@ -29,7 +30,7 @@ def main() -> None:
         texts += questions.vocabulary_texts(**(params.get("world") or {}))
         model, processor = vlm.build(texts, seed=seed, **(section.get("config") or {}))
         stats = training.train_base(model, processor, records, training.TrainSettings.from_params(section, seed=seed),
-                                    data_root="data", source=SEED)
+                                    data_root="data", source=SEED, checkpoint=CHECKPOINT)
         stats["trained"] = True
     with atomic_path(MODEL_DIR, directory=True) as folder:
         vlm.save(model, processor, folder)

@@ -26,7 +26,8 @@ def main(argv: list[str]) -> None:
     model, processor = vlm.load(f"models/iter={prev}", trainable=True)
     peft_model, stats = training.train_lora(
         model, processor, kept + replay, training.TrainSettings.from_params(section, seed=seed),
-        training.LoraSettings.from_params(section), data_root="data", source=kept_path)
+        training.LoraSettings.from_params(section), data_root="data", source=kept_path,
+        checkpoint=f"models/.checkpoints/iter={name}.pt")  # a killed run resumes from here
     with atomic_path(f"models/iter={name}", directory=True) as folder:
         training.save_lora(peft_model, processor, folder)
     write_samples(pool + kept, f"data/iter={name}/replay_pool.parquet")

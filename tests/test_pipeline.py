@@ -17,6 +17,7 @@ TINY = {
     "world": {"splits": {"seed": 400, "pool": 400, "bench": 160}},
     "bench": {"items_per_family": 20},
     "clip": {"epochs": 1},
+    "base": {"epochs": 1},
     "sample": {"budget": 120},
     "train": {"epochs": 1},
 }

@@ -32,6 +32,8 @@ IGNORE_INDEX = -100
 # ("q_proj", ...) would also wrap the CLIP tower's q/k/v projections.
 LORA_TARGET_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 PROJECTOR_MODULE = "multi_modal_projector"
+# Length-grouped batching sorts rows by length within windows of this many batches.
+LENGTH_GROUP_BATCHES = 32
 
 
 @dataclass
@@ -71,7 +73,7 @@ def load_images(records: Sequence[Mapping[str, Any]], data_root: str | os.PathLi
         path = data_root / image
         try:
             with Image.open(path) as handle:
-                cache[image] = np.asarray(handle.convert("RGB"), dtype=np.uint8)
+                cache[image] = np.array(handle.convert("RGB"), dtype=np.uint8)
         except FileNotFoundError:
             raise FileNotFoundError(f"{source}: record {record.get('sample_id')!r}: field 'image': "
                                     f"{path} not found") from None
@@ -151,15 +153,83 @@ def _schedule(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def batch_plan(lengths: Sequence[int], batch_size: int, total_steps: int, seed: int,
+               group: int = LENGTH_GROUP_BATCHES) -> list[list[int]]:
+    """Row indices of every step's batch, `total_steps` of them.
+
+    Each epoch is a seeded permutation cut into windows of `group` batches; within a window
+    rows are sorted by length before batching, and the batches are shuffled again. Batches
+    then hold sequences of similar length, so padding (a long seed conversation among short
+    generated items) no longer multiplies the cost of a step, while the order stays random.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    plan: list[list[int]] = []
+    while len(plan) < total_steps:
+        order = rng.permutation(len(lengths))
+        epoch = []
+        window = batch_size * group
+        for start in range(0, len(order), window):
+            rows = sorted(order[start:start + window].tolist(), key=lambda row: lengths[row])
+            epoch += [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+        plan += [epoch[i] for i in rng.permutation(len(epoch))]
+    return plan[:total_steps]
+
+
+class Checkpoint:
+    """Resumable training state in one file, written atomically every few steps.
+
+    The key hashes what determines the run (records, settings, the starting weights'
+    trainable names), so a rerun of the same training after a crash resumes where the
+    last checkpoint left it, and any other run starts afresh.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, key: str):
+        self.path = Path(path) if path else None
+        self.key = key
+
+    def load(self):
+        import torch
+
+        if self.path is None or not self.path.is_file():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        return state if state.get("key") == self.key else None
+
+    def save(self, model, optimizer, scheduler, step: int, losses: list[float], tokens: int, samples: int) -> None:
+        import torch
+
+        from mmloop.io import atomic_path
+
+        if self.path is None:
+            return
+        trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+        state = {"key": self.key, "step": step, "losses": losses, "tokens": tokens, "samples": samples,
+                 "model": {name: value for name, value in model.state_dict().items() if name in trainable},
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
+
+    def clear(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
 def fit(model, processor, records: Sequence[Mapping[str, Any]], settings: TrainSettings, *,
         data_root: str | os.PathLike = "data", source: str = "records", desc: str = "train",
-        images: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        images: Mapping[str, Any] | None = None, checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = 50) -> dict[str, Any]:
     """Train the parameters of `model` that require grad. Returns stats
-    {steps, samples, epochs, samples_per_s, tokens_per_s, final_loss, losses, wall_s}."""
+    {steps, samples, epochs, samples_per_s, tokens_per_s, final_loss, losses, wall_s, resumed_from}.
+
+    With `checkpoint` (a file path) the state is saved every `checkpoint_every` steps and a
+    rerun of the same training resumes from it; the file is removed when training ends.
+    """
     import numpy as np
     import torch
 
-    from mmloop.io import progress
+    from mmloop.io import progress, stable_hash
     from mmloop.vlm import set_threads
 
     if not records:
@@ -173,48 +243,59 @@ def fit(model, processor, records: Sequence[Mapping[str, Any]], settings: TrainS
     encoded = encode_records(processor, records, images)
     encode_s = time.perf_counter() - started
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     per_epoch = math.ceil(len(records) / settings.batch_size)
     total_steps = max(1, round(per_epoch * settings.epochs))
     warmup = int(settings.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _schedule(step, total_steps, warmup))
+    plan = batch_plan([len(ids) for ids, _ in encoded], settings.batch_size, total_steps, settings.seed)
 
-    rng = np.random.default_rng(settings.seed)
-    model.train()
+    # The run's identity: settings, records, and the starting values of what it trains.
+    start = [[name, round(float(p.detach().double().sum()), 6)] for name, p in named]
+    saver = Checkpoint(checkpoint, stable_hash(asdict(settings), [record.get("sample_id") for record in records],
+                                               start))
     losses: list[float] = []
     tokens = samples = step = 0
-    bar = progress(total=total_steps, desc=desc, unit="step")
-    while step < total_steps:
-        order = rng.permutation(len(records))
-        for start in range(0, len(order), settings.batch_size):
-            if step >= total_steps:
-                break
-            rows = order[start:start + settings.batch_size]
-            batch = collate(processor, [encoded[i] for i in rows], [images[records[i]["image"]] for i in rows])
-            loss = model(**batch).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if settings.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            tokens += int(batch["attention_mask"].sum())
-            samples += len(rows)
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    state = saver.load()
+    if state is not None:
+        model.load_state_dict(state["model"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, losses, tokens, samples = state["step"], state["losses"], state["tokens"], state["samples"]
+    resumed_from = step
+
+    model.train()
+    bar = progress(total=total_steps, initial=step, desc=desc, unit="step")
+    for rows in plan[step:]:
+        batch = collate(processor, [encoded[i] for i in rows], [images[records[i]["image"]] for i in rows])
+        loss = model(**batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(loss.detach()))
+        tokens += int(batch["attention_mask"].sum())
+        samples += len(rows)
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if step % checkpoint_every == 0 and step < total_steps:
+            saver.save(model, optimizer, scheduler, step, losses, tokens, samples)
     bar.close()
     model.eval()
+    saver.clear()
     wall = time.perf_counter() - started
     tail = losses[-max(1, len(losses) // 20):]
     return {
         "steps": step, "samples": samples, "records": len(records),
         "epochs": settings.epochs, "batch_size": settings.batch_size, "lr": settings.lr,
         "samples_per_s": samples / wall, "tokens_per_s": tokens / wall,
-        "first_loss": losses[0], "final_loss": float(np.mean(tail)),
+        "first_loss": losses[0], "final_loss": float(np.mean(tail)), "resumed_from": resumed_from,
         "losses": [round(value, 4) for value in losses], "wall_s": wall, "encode_s": encode_s,
     }
 
@@ -226,13 +307,15 @@ def freeze_vision_tower(model) -> None:
 
 
 def train_base(model, processor, records: Sequence[Mapping[str, Any]], settings: TrainSettings, *,
-               data_root: str | os.PathLike = "data", source: str = "seed") -> dict[str, Any]:
+               data_root: str | os.PathLike = "data", source: str = "seed",
+               checkpoint: str | os.PathLike | None = None) -> dict[str, Any]:
     """Full training of projector + language model (vision tower frozen), in place."""
     from mmloop.vlm import trainable_parameters
 
     freeze_vision_tower(model)
     trainable, total = trainable_parameters(model)
-    stats = fit(model, processor, records, settings, data_root=data_root, source=source, desc="base")
+    stats = fit(model, processor, records, settings, data_root=data_root, source=source, desc="base",
+                checkpoint=checkpoint)
     return {**stats, "trainable_parameters": trainable, "parameters": total}
 
 
@@ -266,13 +349,15 @@ def wrap_lora(model, lora: LoraSettings, *, seed: int = 0):
 
 
 def train_lora(model, processor, records: Sequence[Mapping[str, Any]], settings: TrainSettings,
-               lora: LoraSettings, *, data_root: str | os.PathLike = "data", source: str = "records"):
+               lora: LoraSettings, *, data_root: str | os.PathLike = "data", source: str = "records",
+               checkpoint: str | os.PathLike | None = None):
     """LoRA fine-tuning; returns (peft_model, stats). Call `save_lora` to merge and save."""
     from mmloop.vlm import trainable_parameters
 
     peft_model = wrap_lora(model, lora, seed=settings.seed)
     trainable, total = trainable_parameters(peft_model)
-    stats = fit(peft_model, processor, records, settings, data_root=data_root, source=source, desc="lora")
+    stats = fit(peft_model, processor, records, settings, data_root=data_root, source=source, desc="lora",
+                checkpoint=checkpoint)
     return peft_model, {**stats, "trainable_parameters": trainable, "parameters": total,
                         "lora": asdict(lora)}
 
