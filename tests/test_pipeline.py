@@ -87,3 +87,37 @@ def test_appending_an_iteration_runs_only_its_stages(repo):
     out = _run(["dvc", "repro"], root, env)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"sample@3", "generate@3", "eliminate@3", "train@3", "evaluate@3", "aggregate"}
+
+
+@pytest.mark.slow
+def test_the_loop_runs_with_the_openai_teacher_on_a_local_server(repo):
+    """generate.backend: openai against the fault-injecting local server: the rerun regenerates
+    through HTTP, the kept data comes from the teacher, and the key reaches no file."""
+    import uuid
+
+    import pyarrow.parquet as pq
+
+    from openai_server import FaultConfig, OpenAIServer
+
+    root, env = repo
+    secret = f"sk-test-{uuid.uuid4().hex}"
+    server = OpenAIServer(FaultConfig(fault_rate=0.2, timeout_sleep=1.0, seed=3, expected_key=secret)).start()
+    try:
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        params["generate"]["backend"] = "openai"
+        params["generate"]["openai"] = {
+            "model": "gpt-test", "base_url": server.url, "api_key_env": "MMLOOP_TEST_KEY", "concurrency": 8,
+            "timeout": 0.5, "backoff_base": 0.01, "backoff_max": 0.2, "max_attempts": 10, "image_mode": "image",
+            "image_max_side": 64, "prompt": "prompts/generate.j2"}
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        out = _run(["dvc", "repro"], root, dict(env, MMLOOP_TEST_KEY=secret))
+        attempts = sum(server.counters.attempts.values())
+    finally:
+        server.stop()
+    assert "Running stage 'generate@1'" in out and attempts > 0 and server.counters.unauthorised == 0
+    kept = pq.read_table(root / "data" / "iter=1" / "kept.parquet").to_pylist()
+    assert kept and all(row["provenance"]["backend"] == "openai" for row in kept)
+    with open(root / "metrics" / "history.csv") as handle:
+        assert [row["iteration"] for row in csv.DictReader(handle)] == ["0", "1", "2", "3"]
+    leaked = subprocess.run(["grep", "-rlF", "--exclude-dir=.git", secret, str(root)], capture_output=True, text=True)
+    assert leaked.stdout == ""
