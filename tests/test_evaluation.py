@@ -1,5 +1,6 @@
 """Option log-likelihood evaluation on the tiny model: scores, metrics, bad cases, the stage."""
 
+import contextlib
 import io
 import json
 import runpy
@@ -118,22 +119,29 @@ def test_deterministic(setup):
     assert strip(run(setup)) == strip(run(setup))
 
 
+@contextlib.contextmanager
+def favouring(model, processor, token):
+    """The model with `token`'s logit raised by 100 everywhere: it always says `token`."""
+    token_id = processor.tokenizer.convert_tokens_to_ids(token)
+    assert token_id != processor.tokenizer.unk_token_id
+
+    def favour(module, inputs, output):
+        output = output.clone()
+        output[..., token_id] += 100.0
+        return output
+
+    handle = model.lm_head.register_forward_hook(favour)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 @pytest.mark.parametrize("method", evaluation.METHODS)
 def test_a_model_that_always_says_b_gets_exactly_the_b_items_right(setup, method):
     _, items, model, processor = setup
-    b_id = processor.tokenizer.convert_tokens_to_ids("B")
-    assert b_id != processor.tokenizer.unk_token_id
-
-    def favour_b(module, inputs, output):
-        output = output.clone()
-        output[..., b_id] += 100.0
-        return output
-
-    handle = model.lm_head.register_forward_hook(favour_b)
-    try:
+    with favouring(model, processor, "B"):
         rows = run(setup, method=method)
-    finally:
-        handle.remove()
     assert all(row["prediction"] == "B" for row in rows)
     assert [row["correct"] for row in rows] == [item["answer"] == "B" for item in items]
     b_items = sum(item["answer"] == "B" for item in items)
@@ -287,18 +295,8 @@ def test_option_text_replies_score_like_full_sequences(setup):
 
 def test_option_text_replies_pick_the_favoured_option(setup):
     _, items, model, processor = setup
-    yes_id = processor.tokenizer.convert_tokens_to_ids("yes")
-
-    def favour_yes(module, inputs, output):
-        output = output.clone()
-        output[..., yes_id] += 100.0
-        return output
-
-    handle = model.lm_head.register_forward_hook(favour_yes)
-    try:
+    with favouring(model, processor, "yes"):
         rows = run(setup, answer_format="option")
-    finally:
-        handle.remove()
     existence = [(item, row) for item, row in zip(items, rows) if "yes" in item["options"]]
     assert existence
     for item, row in existence:
