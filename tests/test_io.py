@@ -36,3 +36,14 @@ def test_read_json_names_the_file(tmp_path):
 def test_hashes_are_stable():
     assert io.sha256_bytes(b"abc").startswith("ba7816bf")
     assert io.stable_hash("a", 1) == io.stable_hash("a", 1) != io.stable_hash("a", 2)
+
+
+def test_published_files_get_the_umask_mode_not_a_private_temp_mode(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        io.write_text(tmp_path / "report.html", "<p>")
+        assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(umask)

@@ -80,3 +80,14 @@ def test_failure_cases_spread_over_outcomes():
     cases = ipo.failure_cases(rows, limit=6)
     assert sorted(c["outcome"] for c in cases) == ["parse_failed"] * 2 + ["rejected: clip_low"] * 2 + ["skipped"] * 2
     assert next(c for c in cases if c["outcome"] == "parse_failed")["reason"].startswith("parse:")
+
+
+def test_prompts_review_command_writes_the_page_and_prints_rates(iteration_data, tmp_path, capsys):
+    from mmloop import cli
+
+    data, *_ = iteration_data
+    out = tmp_path / "page.html"
+    assert cli.main(["prompts", "review", "1", "--out", str(out), "--data-root", str(data)]) == 0
+    printed = capsys.readouterr().out
+    assert "generate@v1" in printed and "keep_rate" in printed and out.is_file()
+    assert cli.main(["prompts", "review", "7", "--out", str(out), "--data-root", str(data)]) == 1

@@ -34,6 +34,10 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
         os.close(fd)
         tmp = Path(name)
+        # mkstemp makes the file private (0600); a published output gets the usual umask mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
         if directory:

@@ -177,10 +177,21 @@ def _reinit_text_model(model, std: float, seed: int) -> None:
                     param.zero_()
 
 
+def _quiet_progress() -> None:
+    """transformers' own loading/saving bars follow mmloop's rule: only on a terminal, never in CI."""
+    from transformers.utils import logging as transformers_logging
+
+    from mmloop.io import show_progress
+
+    if not show_progress():
+        transformers_logging.disable_progress_bar()
+
+
 def save(model, processor, path: str | os.PathLike) -> Path:
     """save_pretrained of both into `path` (weights as safetensors)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    _quiet_progress()
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
@@ -189,12 +200,8 @@ def save(model, processor, path: str | os.PathLike) -> Path:
 def load(path_or_hub_id: str | os.PathLike, *, trainable: bool = False):
     """(model, processor) from a local folder or a hub id, the same way for both."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
-    from transformers.utils import logging as transformers_logging
 
-    from mmloop.io import show_progress
-
-    if not show_progress():
-        transformers_logging.disable_progress_bar()
+    _quiet_progress()
     source = str(path_or_hub_id)
     if _looks_local(source) and not Path(source).is_dir():
         raise FileNotFoundError(f"{source}: model folder not found")
