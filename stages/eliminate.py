@@ -8,6 +8,7 @@ from pathlib import Path
 from mmloop.elimination import eliminate, load_text_embedder
 from mmloop.generation import load_objects
 from mmloop.io import write_json
+from mmloop.ipo import prompt_version_metrics
 from mmloop.params import load_params, stage_seed
 from mmloop.schema import read_samples, write_samples
 from mmloop.validation import validate
@@ -42,7 +43,9 @@ def main(argv: list[str]) -> None:
     validate(result.rejected, "samples", source=rejected_path, iteration=int(iteration), data_root=DATA_ROOT)
     write_samples(result.kept, kept_path)
     write_samples(result.rejected, rejected_path)
-    write_json(Path("metrics/eliminate") / f"iter={iteration}.json", result.stats)
+    # Keep, skip and parse-failure rates per prompt version, so `dvc exp show` compares prompts (IPO).
+    stats = {**result.stats, "prompt_versions": prompt_version_metrics(result.kept + result.rejected)}
+    write_json(Path("metrics/eliminate") / f"iter={iteration}.json", stats)
     print(f"eliminate iter={iteration}: kept {result.stats['kept']} of {result.stats['total']} "
           f"(clip_min {result.clip_min} [{result.clip_min_source}], rejected {result.stats['reasons']})")
 
