@@ -4,7 +4,6 @@ Reads the previous model's evaluation (predictions and bad cases), embeds the un
 pool and the bad-case images with CLIP, and picks one pool image per query.
 """
 
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from mmloop.clip import ClipScorer
 from mmloop.io import read_json, write_json
 from mmloop.params import iteration, load_params, stage_seed
 from mmloop.schema import read_samples, write_samples
+from mmloop.validation import validate
 
 DATA_ROOT = "data"
 POOL = "data/world/instances_pool.json"
@@ -21,8 +21,7 @@ BENCH_INSTANCES = "data/world/instances_bench.json"
 BENCH_TSV = "data/bench/bench.tsv"
 
 
-def load_pool(path: str) -> list[dict]:
-    instances = read_json(path)
+def load_pool(path: str, instances: dict) -> list[dict]:
     pool = []
     for position, image in enumerate(instances.get("images", [])):
         for field in ("file_name", "sha256"):
@@ -46,7 +45,8 @@ def main() -> None:
     output = f"{DATA_ROOT}/iter={name}/queries.parquet"
     predictions = read_samples(predictions_path)
     badcases = read_samples(badcases_path)
-    pool = load_pool(POOL)
+    pool_instances = read_json(POOL)
+    pool = load_pool(POOL, pool_instances)
 
     started = time.perf_counter()
     scorer = ClipScorer.from_params(params, root=DATA_ROOT)
@@ -63,16 +63,13 @@ def main() -> None:
 
     # Do neighbours resemble the anchor? Only measurable where the world's annotations exist.
     if Path(BENCH_INSTANCES).is_file():
-        objects = {**sampling.objects_by_sha(read_json(BENCH_INSTANCES)), **sampling.objects_by_sha(read_json(POOL))}
+        objects = {**sampling.objects_by_sha(read_json(BENCH_INSTANCES)), **sampling.objects_by_sha(pool_instances)}
         summary["attribute_agreement"] = sampling.attribute_agreement(
             records, {case["sample_id"]: case for case in badcases}, objects)
     summary.update(iteration=int(name), prev=prev, badcases=len(badcases), pool=len(pool),
                    clip=scorer.name, embed_s=round(embed_s, 2), seconds=round(time.perf_counter() - started, 2))
 
-    if importlib.util.find_spec("mmloop.validation") is not None:
-        from mmloop.validation import validate
-
-        validate(records, "queries", source=output, iteration=int(name), data_root=DATA_ROOT)
+    validate(records, "queries", source=output, iteration=int(name), data_root=DATA_ROOT)
     write_samples(records, output)
     write_json(f"metrics/sample/iter={name}.json", summary)
     print(f"sample {name}: {len(records)} queries ({summary['neighbour']} neighbour, {summary['random']} random) "

@@ -22,7 +22,7 @@ from typing import Any
 
 from mmloop.io import stable_hash
 from mmloop.questions import L2_CATEGORY
-from mmloop.schema import letter, make_sample_id, sample
+from mmloop.schema import QUERY_FIELDS, letter, make_sample_id, require_fields, sample
 
 BACKENDS = ("annotations", "openai")
 FORMATS = ("mcq", "short")
@@ -71,9 +71,7 @@ def annotation_rows(queries: Sequence[Mapping[str, Any]], objects_by_sha: Mappin
     stats: dict[str, dict[str, int]] = {}
     for query in queries:
         query_id = query.get("sample_id")
-        for field in ("sample_id", "image", "image_sha256", "category"):
-            if not query.get(field):
-                raise ValueError(f"queries: record {query_id!r}: field {field!r} is missing")
+        require_fields(query, QUERY_FIELDS, "queries")
         category = query["category"]
         entry = stats.setdefault(category, {"requested": 0, "generated": 0, "skipped": 0, "duplicate_id": 0})
         entry["requested"] += 1
@@ -139,11 +137,8 @@ def generate(queries: Sequence[Mapping[str, Any]], params: Mapping[str, Any], *,
                                              seed=stage_seed(params, "generate", iteration), iteration=iteration)
         return rows, {"backend": backend, **totals(per_category), "categories": per_category}
 
-    try:
-        from mmloop import llm_teacher
-    except ImportError as err:
-        raise ImportError(f"params.yaml: generate.backend 'openai' needs mmloop.llm_teacher, which could not be "
-                          f"imported ({err})") from err
+    from mmloop import llm_teacher
+
     badcases = load_badcases(params, iteration, data_root)
     rows, stats = llm_teacher.generate(queries, badcases, objects_by_sha, settings, data_root=data_root,
                                        iteration=iteration)

@@ -35,7 +35,7 @@ from mmloop import journal as journal_mod
 from mmloop import llm, prompts, structured
 from mmloop.io import stable_hash
 from mmloop.questions import mcq_prompt, mcq_reply
-from mmloop.schema import make_sample_id, sample
+from mmloop.schema import QUERY_FIELDS, make_sample_id, require_fields, sample
 
 BACKEND = "openai"
 SKIPPED, PARSE_FAILED, REQUEST_FAILED = "skipped", "parse_failed", "request_failed"
@@ -109,9 +109,7 @@ def build_plans(queries: Sequence[Mapping[str, Any]], badcases: Sequence[Mapping
     plans = []
     for query in queries:
         qid = query.get("sample_id")
-        for field in ("sample_id", "image", "image_sha256", "category"):
-            if not query.get(field):
-                raise ValueError(f"queries: record {qid!r}: field {field!r} is missing")
+        require_fields(query, QUERY_FIELDS, "queries")
         category = query["category"]
         data_type = choose_data_type(qid, params.get("format_mix") or {})
         parents = list(query.get("parent_ids") or [])

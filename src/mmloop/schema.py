@@ -39,6 +39,8 @@ FORMATS = ("mcq", "short", "open", "yes_no", "caption", "conversation")
 ROLES = ("system", "user", "assistant")
 OPTION_LETTERS = "ABCDEFGH"
 MIXED_CATEGORY = "mixed"
+# What a teacher needs of a query to write a sample for it.
+QUERY_FIELDS = ("sample_id", "image", "image_sha256", "category")
 
 PROVENANCE_FIELDS = (
     "backend", "model", "prompt_id", "prompt_sha256", "request_hash",
@@ -154,6 +156,13 @@ def read_samples(path) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
     return pq.read_table(path).to_pylist()
+
+
+def require_fields(record: Mapping[str, Any], fields: Sequence[str], source: str) -> None:
+    """A clear error naming `source`, the record and the first missing (empty) field."""
+    for name in fields:
+        if not record.get(name):
+            raise ValueError(f"{source}: record {record.get('sample_id')!r}: field {name!r} is missing")
 
 
 def letter(index: int) -> str:

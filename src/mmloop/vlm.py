@@ -215,8 +215,10 @@ def load(path_or_hub_id: str | os.PathLike, *, trainable: bool = False):
 
 
 def _looks_local(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or os.sep in source and Path(source).exists() or \
-        source.startswith(("models", "data"))
+    """A path rather than a hub id ("org/name"): it exists, is explicitly relative or absolute,
+    or sits in a folder that exists (models/iter=3 before it is trained)."""
+    path = Path(source).expanduser()
+    return path.exists() or source.startswith((".", "/", "~")) or (path.parent != Path(".") and path.parent.is_dir())
 
 
 def model_name(path_or_hub_id: str | os.PathLike) -> str:
