@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmloop import benchmark, world
+from mmloop import benchmark, loaders, world
 from mmloop.io import read_json, sha256_bytes
 from mmloop.questions import FAMILIES, L2_CATEGORY
 
@@ -69,7 +69,7 @@ def test_round_trip(bench_world, tmp_path):
     header = path.read_text().splitlines()[0].split("\t")
     assert header == ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category",
                       "image", "sample_id"]
-    back = benchmark.read_mmbench(path)
+    back = loaders.read_mmbench(path)
     assert len(back) == len(items)
     shas = {image["sha256"] for image in instances["images"]}
     for original, read in zip(items, back):
@@ -105,12 +105,12 @@ def _row(index, **fields):
 def test_read_keeps_text_options_and_resolves_image_references(tmp_path):
     path = tmp_path / "mm.tsv"
     _write(path, [_row(0, C="NA"), _row(1, image="0", hint="nan")])
-    items = benchmark.read_mmbench(path)
+    items = loaders.read_mmbench(path)
     assert items[0]["options"] == ["red", "None", "NA"]  # no "NA"/"None" turned into NaN
     assert items[1]["image"] == items[0]["image"] == b"\x89PNG fake bytes"  # MMBench's image de-duplication
     assert items[0]["hint"] is None and items[1]["hint"] is None  # empty, and a NaN written as text
     _write(path, [_row(0, hint="Count only circles.")])
-    assert benchmark.read_mmbench(path)[0]["hint"] == "Count only circles."
+    assert loaders.read_mmbench(path)[0]["hint"] == "Count only circles."
 
 
 @pytest.mark.parametrize("rows, columns, message", [
@@ -127,12 +127,12 @@ def test_read_errors_name_file_row_and_field(tmp_path, rows, columns, message):
     path = tmp_path / "mm.tsv"
     _write(path, rows, columns)
     with pytest.raises(ValueError, match=message):
-        benchmark.read_mmbench(path)
+        loaders.read_mmbench(path)
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.tsv: benchmark TSV not found"):
-        benchmark.read_mmbench(tmp_path / "nope.tsv")
+        loaders.read_mmbench(tmp_path / "nope.tsv")
 
 
 def test_bench_stage(tmp_path, monkeypatch, capsys):
@@ -144,6 +144,6 @@ def test_bench_stage(tmp_path, monkeypatch, capsys):
     world.build(config, 0, tmp_path / "data" / "images", tmp_path / "data" / "world")
     monkeypatch.chdir(tmp_path)
     runpy.run_path(str(REPO / "stages" / "bench.py"), run_name="__main__")
-    items = benchmark.read_mmbench(tmp_path / "data" / "bench" / "bench.tsv")
+    items = loaders.read_mmbench(tmp_path / "data" / "bench" / "bench.tsv")
     assert Counter(item["category"] for item in items) == {family: 6 for family in FAMILIES}
     assert "36 items" in capsys.readouterr().out

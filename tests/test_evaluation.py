@@ -1,8 +1,11 @@
-"""Option log-likelihood evaluation on the tiny model: scores, metrics, bad cases, the stage."""
+"""Evaluation on the tiny model: log-likelihood scores (next-token, shared-prefix, per-option paths),
+generation, prompt conventions, multi-round contexts, metrics, bad cases, the stage."""
 
 import contextlib
+import dataclasses
 import io
 import json
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -10,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmloop import benchmark, evaluation, vlm, world
+from mmloop import benchmark, evaluation, loaders, metrics, questions, vlm, world
 from mmloop.io import read_json
 from mmloop.questions import FAMILIES, mcq_prompt
 from mmloop.report import collect
-from mmloop.schema import read_samples
+from mmloop.schema import bench_item, prediction_schema, read_samples, to_table
 from mmloop.validation import validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,8 +32,10 @@ def setup(tmp_path_factory):
                                 data_root=root / "data")
     made[0]["hint"] = "Look closely."
     benchmark.write_mmbench(made, root / "data" / "bench" / "bench.tsv")
-    items = benchmark.read_mmbench(root / "data" / "bench" / "bench.tsv")
+    items = loaders.read_mmbench(root / "data" / "bench" / "bench.tsv")
     texts = [f"{item['question']} {' '.join(item['options'])}" for item in items]
+    # The yes/no replies, the harness suffix and the generic instructions are words the model knows.
+    texts += ["Yes No", evaluation.SHORT_SUFFIX, *evaluation.GENERIC_INSTRUCTIONS]
     model, processor = vlm.build(texts, seed=0)
     # One thread: with other jobs on the cores, two OpenMP threads wait on each other at every op.
     vlm.set_threads(1)
@@ -146,20 +151,7 @@ def test_a_model_that_always_says_b_gets_exactly_the_b_items_right(setup, method
     assert [row["correct"] for row in rows] == [item["answer"] == "B" for item in items]
     b_items = sum(item["answer"] == "B" for item in items)
     assert 0 < b_items < len(items)
-    assert evaluation.metrics(rows)["overall"] == pytest.approx(b_items / len(items))
-
-
-def test_metrics_by_hand():
-    rows = [{"category": "a", "l2_category": "x", "correct": True},
-            {"category": "a", "l2_category": "x", "correct": False},
-            {"category": "b", "l2_category": "x", "correct": True},
-            {"category": "b", "l2_category": "x", "correct": True},
-            {"category": "c", "l2_category": "y", "correct": False}]
-    assert evaluation.metrics(rows) == {
-        "overall": 0.6, "n": 5, "categories": {"a": 0.5, "b": 1.0, "c": 0.0},
-        "l2_categories": {"x": 0.75, "y": 0.0}, "n_per_category": {"a": 2, "b": 2, "c": 1}}
-    with pytest.raises(ValueError, match="no predictions"):
-        evaluation.metrics([])
+    assert metrics.accuracy(rows)["overall"] == pytest.approx(b_items / len(items))
 
 
 def test_badcases(setup, tmp_path):
@@ -191,26 +183,49 @@ def test_badcases(setup, tmp_path):
         evaluation.badcases([dict(rows[0], correct=False)], items[1:], 0, root / "data")
 
 
-def test_evaluate_stage(setup, monkeypatch, capsys):
+def test_evaluate_stage_and_the_cli_give_the_same_numbers(setup, monkeypatch, capsys):
+    from mmloop import cli
+
     root, items, model, processor = setup
     vlm.save(model, processor, root / "models" / "iter=2")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["evaluate"].update(batch_size=8, threads=1)
+    params["evaluate"].update(batch_size=8, threads=1, circular=True, rounds=1)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(root)
     monkeypatch.setattr(sys, "argv", ["stages/evaluate.py", "2"])
     runpy.run_path(str(REPO / "stages" / "evaluate.py"), run_name="__main__")
+    stage_out = capsys.readouterr().out
     predictions = read_samples(root / "data" / "iter=2" / "eval" / "predictions.parquet")
     cases = read_samples(root / "data" / "iter=2" / "eval" / "badcases.parquet")
-    assert len(predictions) == len(items) and {row["iteration"] for row in predictions} == {2}
-    assert len(cases) == sum(not row["correct"] for row in predictions)
+    scored = loaders.circular_copies(items)
+    assert len(scored) > len(items)  # every rotation of every item
+    later = [row for row in predictions if row["rounds"]]
+    assert sum(not row["rounds"] for row in predictions) == len(scored)
+    assert 0 < len(later) < len(scored) and {row["rounds"] for row in later} == {1}
+    assert {row["iteration"] for row in predictions} == {2}
+    single = [row for row in predictions if row["rounds"] == 0]
+    assert len(cases) == sum(not row["correct"] for row in single)
     assert sorted(path.name for path in (root / "data" / "iter=2").iterdir()) == ["eval"]
-    metrics = json.loads((root / "metrics" / "eval" / "iter=2.json").read_text())
-    assert set(metrics["categories"]) == set(FAMILIES)
-    assert metrics["overall"] == pytest.approx(sum(row["correct"] for row in predictions) / len(items))
+    result = json.loads((root / "metrics" / "eval" / "iter=2.json").read_text())
+    assert result["metric"] == "exact_match" and set(result["categories"]) == set(FAMILIES)
+    assert result["overall"] == pytest.approx(sum(row["correct"] for row in single) / len(single))
+    assert result["circular"]["n"] == len(items) and result["multi_round"]["rounds"] == 1
+    # the multi-round block covers the items that had another question on their image
+    assert result["multi_round"]["exact_match"]["n"] == len(later)
+    assert result["multi_round"]["single_round_same_items"]["n"] == len(later)
+    assert result["convention"]["mcq_suffix"] == evaluation.MCQ_SUFFIX
     history = collect(root / "metrics" / "eval")
-    assert history[0]["iteration"] == 2 and history[0]["overall"] == metrics["overall"]
-    assert "evaluate iter=2: overall" in capsys.readouterr().out
+    assert history[0]["iteration"] == 2 and history[0]["overall"] == result["overall"]
+
+    # `mmloop eval` with the repository's params: the same table and the same metrics.
+    out = root / "cli-out"
+    assert cli.main(["eval", "--model", "models/iter=2", "--bench", "data/bench/bench.tsv", "--name", "shapes",
+                     "--iteration", "2", "--threads", "1", "--out", str(out)]) == 0
+    cli_out = capsys.readouterr().out
+    table = evaluation.format_table(result)
+    assert table in stage_out and table in cli_out
+    assert "circular" in table and "1-round" in table
+    assert json.loads((out / "metrics.json").read_text()) == result
 
 
 class WordTokenizer:
@@ -301,3 +316,392 @@ def test_option_text_replies_pick_the_favoured_option(setup):
     assert existence
     for item, row in existence:
         assert item["options"]["ABCD".index(row["prediction"])] == "yes"
+
+
+# ---------------------------------------------------------------- bench items, conventions, modes, rounds
+
+STEPS = ("letter", "option_text", "yes_no", "judge", "none")
+
+
+@pytest.fixture(scope="module")
+def crowded(setup, tmp_path_factory):
+    """Items on few images (several per image, for rounds) plus yes/no items made from the
+    existence questions, as loaders return them; scored by the setup's model."""
+    root = tmp_path_factory.mktemp("crowded")
+    world.build(world.WorldConfig(splits={"bench": 4}), 2, root / "data" / "images", root / "data" / "world")
+    made = benchmark.make_items(read_json(root / "data" / "world" / "instances_bench.json"), 2, seed=2,
+                                data_root=root / "data")
+    benchmark.write_mmbench(made, root / "bench.tsv")
+    items = loaders.read_mmbench(root / "bench.tsv")
+    yes_no = [bench_item(**{**item, "index": f"yn-{item['index']}", "answer_type": "yes_no", "options": [],
+                            "answer": item["options"]["AB".index(item["answer"])], "group": None})
+              for item in items if item["category"] == "existence"]
+    lone = dict(setup[1][1], index="lone")  # an image with no other item
+    return items + yes_no + [lone]
+
+
+def evaluate_items(setup, items, **kwargs):
+    _, _, model, processor = setup
+    kwargs.setdefault("batch_size", 4)
+    return evaluation.evaluate(model, processor, items, model_name="models/iter=0", iteration=0,
+                               benchmark="shapes", **kwargs)
+
+
+def without_latency(rows):
+    return [{key: value for key, value in row.items() if key != "latency_ms"} for row in rows]
+
+
+def reference_reply_scores(model, processor, item, user, replies, history=()):
+    """Unbatched and independent of evaluation.py: every full conversation (earlier turns, the
+    user turn, the reply) in its own forward pass, the reply's tokens' log-probabilities summed
+    (the end token excluded)."""
+    import torch
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(item["image"])).convert("RGB")
+    turns = []
+    for asked, answered in history:
+        turns += [{"role": "user", "content": asked}, {"role": "assistant", "content": answered}]
+    conversation = vlm.messages(turns + [{"role": "user", "content": user}])
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    prompt_length = processor(text=[prompt], images=[image], return_tensors="pt",
+                              add_special_tokens=False)["input_ids"].shape[1]
+    scores = []
+    for reply in replies:
+        full = processor.apply_chat_template(conversation + [{"role": "assistant", "content": reply}], tokenize=False)
+        encoded = processor(text=[full], images=[image], return_tensors="pt", add_special_tokens=False)
+        ids = encoded["input_ids"][0]
+        end = len(ids) - 1 if int(ids[-1]) == processor.tokenizer.eos_token_id else len(ids)
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(**encoded).logits[0].float(), dim=-1)
+        scores.append(sum(float(logprobs[p - 1, ids[p]]) for p in range(prompt_length, end)))
+    return scores
+
+
+def test_rows_fill_every_prediction_schema_field(setup):
+    _, items, _, _ = setup
+    rows = run(setup)
+    assert all(list(row) == prediction_schema().names for row in rows)
+    to_table(rows, prediction_schema())  # the types fit too
+    for row, item in zip(rows, items):
+        assert row["answer_type"] == "mcq" and row["group"] == item["group"] and row["direct_answers"] == []
+        assert row["raw_output"] is None and row["extracted_by"] == "loglik" and row["rounds"] == 0
+        assert row["prompt"] == mcq_prompt(item["question"], item["options"], item["hint"])
+    assert rows[0]["prompt"].startswith("Hint: Look closely.\n")
+
+
+def test_older_item_dicts_without_the_new_fields_still_work(setup):
+    _, items, _, _ = setup
+    old = [{key: value for key, value in item.items() if key not in ("answer_type", "group", "direct_answers")}
+           for item in items]
+    assert [dict(row, group=None) for row in without_latency(run(setup))] == without_latency(
+        evaluate_items(setup, old))
+
+
+def test_default_convention_writes_mcq_prompt_byte_for_byte(setup):
+    _, items, _, _ = setup
+    for convention in (evaluation.PromptConvention(), evaluation.conventions_for("mmbench"),
+                       evaluation.conventions_for("jsonl")):
+        for item in items:
+            for answer_format in ("letter", "option"):
+                expected = mcq_prompt(item["question"], item["options"], item["hint"], answer_format)
+                assert convention.mcq(item["question"], item["options"], item["hint"], answer_format) == expected
+                assert evaluation.user_prompt(item, answer_format, convention) == expected
+
+
+def test_conventions_for_each_benchmark_kind():
+    assert set(evaluation.CONVENTIONS) == {"mmbench", "pope", "mme", "aokvqa", "seedbench", "jsonl"}
+    seed = evaluation.conventions_for("SEEDBench")
+    assert seed.mcq("What is it?", ["a cat", "a dog"]) == (
+        "What is it?\nA. a cat\nB. a dog\nAnswer with the option's letter from the given choices directly.")
+    assert evaluation.conventions_for("aokvqa").options_header is False
+    assert seed.mcq("Q?", ["x", "y"], answer_format="option").endswith(questions.MCQ_SUFFIXES["option"])
+    pope = evaluation.conventions_for("pope")
+    assert pope.yes_no("Is there a dog in the image?") == (
+        "Is there a dog in the image?\nAnswer the question using a single word or phrase.")
+    assert pope.yes_no("Is it red?", "Look left.") == (
+        "Hint: Look left.\nIs it red?\nAnswer the question using a single word or phrase.")
+    mme = evaluation.conventions_for("mme")
+    assert mme.yes_no("Is this a cat? Please answer yes or no.") == (
+        "Is this a cat?\nAnswer the question using a single word or phrase.")
+    after = evaluation.PromptConvention(hint_first=False, options_header=False, mcq_suffix="")
+    assert after.mcq("Q?", ["x", "y"], "h") == "Q?\nHint: h\nA. x\nB. y"
+    assert json.loads(json.dumps(mme.as_dict())) == {
+        "name": "mme", "mcq_suffix": questions.MCQ_SUFFIX, "short_suffix": evaluation.SHORT_SUFFIX,
+        "yes_no_suffix": evaluation.SHORT_SUFFIX, "hint_first": True, "options_header": True,
+        "strip_from_question": ["Please answer yes or no."]}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        mme.hint_first = False
+    with pytest.raises(ValueError, match="unknown benchmark kind 'vqav2'"):
+        evaluation.conventions_for("vqav2")
+
+
+def test_convention_changes_the_scored_prompt(crowded, setup):
+    items = [item for item in crowded if item["answer_type"] == "mcq"][:4]
+    rows = evaluate_items(setup, items, convention=evaluation.conventions_for("seedbench"))
+    for row, item in zip(rows, items):
+        assert row["prompt"] == evaluation.conventions_for("seedbench").mcq(item["question"], item["options"])
+        assert "Options:" not in row["prompt"]
+
+
+def test_yes_no_items_score_yes_and_no_like_full_sequences(crowded, setup):
+    _, _, model, processor = setup
+    items = [item for item in crowded if item["answer_type"] == "yes_no"]
+    assert {item["answer"] for item in items} == {"yes", "no"}
+    for answer_format, replies in (("letter", ["Yes", "No"]), ("option", ["yes", "no"])):
+        rows = evaluate_items(setup, items, answer_format=answer_format, batch_size=3)
+        for row, item in zip(rows, items):
+            user = evaluation.conventions_for("pope").yes_no(item["question"])
+            assert row["prompt"] == user and row["options"] == [] and row["answer_type"] == "yes_no"
+            assert row["option_scores"] == pytest.approx(
+                reference_reply_scores(model, processor, item, user, replies), abs=1e-4)
+            assert row["prediction"] == ("yes", "no")[int(row["option_scores"][1] > row["option_scores"][0])]
+            assert row["correct"] == (row["prediction"] == item["answer"])
+    with favouring(model, processor, "yes"):
+        rows = evaluate_items(setup, items, answer_format="option")
+    assert [row["prediction"] for row in rows] == ["yes"] * len(items)
+    assert [row["correct"] for row in rows] == [item["answer"] == "yes" for item in items]
+
+
+def test_mixed_mcq_and_yes_no_batches_give_the_same_scores(crowded, setup):
+    alone = {row["item"]: row["option_scores"]
+             for kind in ("mcq", "yes_no")
+             for row in evaluate_items(setup, [item for item in crowded if item["answer_type"] == kind])}
+    for row in evaluate_items(setup, crowded, batch_size=32):
+        assert row["option_scores"] == pytest.approx(alone[row["item"]], abs=1e-4)
+
+
+@pytest.mark.parametrize("kwargs", [{"answer_format": "option"}, {"answer_format": "option", "rounds": 2},
+                                    {"answer_format": "letter", "rounds": 1}])
+def test_shared_prefix_scores_equal_the_per_option_path(crowded, setup, kwargs):
+    per_option = evaluate_items(setup, crowded, method="per_option", batch_size=5, **kwargs)
+    shared = evaluate_items(setup, crowded, method="shared_prefix", batch_size=5, **kwargs)
+    assert any(" " in option for item in crowded for option in item["options"])  # multi-token replies
+    for a, b in zip(per_option, shared):
+        assert a["option_scores"] == pytest.approx(b["option_scores"], abs=1e-4)
+        assert a["prediction"] == b["prediction"]
+
+
+def test_auto_scores_multi_token_replies_on_the_shared_prefix(setup, monkeypatch):
+    """Option-text replies: the per-option path only runs once, on one item, as the self-check."""
+    _, items, _, _ = setup
+    expected = run(setup, method="per_option", answer_format="option")
+    calls = []
+    per_option = evaluation._score_per_option
+
+    def counted(model, encoded, lengths, *args):
+        calls.append(len(lengths))
+        return per_option(model, encoded, lengths, *args)
+
+    monkeypatch.setattr(evaluation, "_score_per_option", counted)
+    got = run(setup, answer_format="option", batch_size=5)
+    assert calls == [1]
+    for a, b in zip(expected, got):
+        assert a["option_scores"] == pytest.approx(b["option_scores"], abs=1e-4)
+
+
+def test_shared_prefix_falls_back_where_it_raises_or_disagrees(setup, monkeypatch):
+    expected = run(setup, method="per_option", answer_format="option")
+
+    def unsupported(cache, index):
+        raise NotImplementedError("no cache selection here")
+
+    monkeypatch.setattr(evaluation, "_select_cache", unsupported)
+    with pytest.warns(UserWarning, match="shared-prefix scoring does not work.*no cache selection"):
+        got = run(setup, answer_format="option")
+    for a, b in zip(expected, got):
+        assert a["option_scores"] == pytest.approx(b["option_scores"], abs=1e-4)
+    with pytest.raises(NotImplementedError, match="no cache selection"):
+        run(setup, answer_format="option", method="shared_prefix")
+    monkeypatch.undo()
+
+    shared = evaluation._score_shared_prefix
+    monkeypatch.setattr(evaluation, "_score_shared_prefix",
+                        lambda *args: [[score + 1.0 for score in row] for row in shared(*args)])
+    with pytest.warns(UserWarning, match="differ from the per-option path"):
+        got = run(setup, answer_format="option")
+    for a, b in zip(expected, got):
+        assert a["option_scores"] == pytest.approx(b["option_scores"], abs=1e-4)
+
+
+def test_generate_batched_equals_unbatched_and_restores_padding(crowded, setup):
+    _, _, _, processor = setup
+    items = crowded[:6] + [item for item in crowded if item["answer_type"] == "yes_no"][:3]
+    batched = evaluate_items(setup, items, mode="generate", batch_size=8, max_new_tokens=6)
+    assert processor.tokenizer.padding_side == "right"
+    unbatched = evaluate_items(setup, items, mode="generate", batch_size=1, max_new_tokens=6)
+    assert [row["raw_output"] for row in batched] == [row["raw_output"] for row in unbatched]
+    # Prompts of different lengths share a batch, so left padding is really exercised.
+    assert len({len(row["prompt"]) for row in batched}) > 1
+    validate([row for row in batched if row["answer_type"] == "mcq"], "predictions", source="p", iteration=0)
+    for row, item in zip(batched, items):
+        assert row["mode"] == "generate" and row["option_scores"] == [] and isinstance(row["raw_output"], str)
+        assert row["extracted_by"] in STEPS and row["latency_ms"] > 0
+        assert row["prediction"] in (*evaluation._candidates(evaluation.normalise_item(item)), "none")
+        assert row["correct"] == (row["prediction"] == item["answer"])
+
+
+def test_generate_extracts_the_answer_and_passes_the_judge(crowded, setup):
+    _, _, model, processor = setup
+    mcq = [item for item in crowded if item["answer_type"] == "mcq"][:4]
+    with favouring(model, processor, "B"):
+        rows = evaluate_items(setup, mcq, mode="generate", max_new_tokens=1)
+    assert [(row["raw_output"], row["prediction"], row["extracted_by"]) for row in rows] == [("B", "B", "letter")] * 4
+    with favouring(model, processor, "yes"):
+        rows = evaluate_items(setup, [item for item in crowded if item["answer_type"] == "yes_no"],
+                              mode="generate", max_new_tokens=1)
+    assert {(row["raw_output"], row["prediction"], row["extracted_by"]) for row in rows} == {("yes", "yes", "yes_no")}
+
+    asked = []
+
+    def judge(question, options, text):
+        asked.append((question, list(options), text))
+        return "C" if len(options) > 2 else "no"
+
+    mixed = mcq[:2] + [item for item in crowded if item["answer_type"] == "yes_no"][:1]
+    with favouring(model, processor, "image"):  # a word that is neither a letter nor an option
+        rows = evaluate_items(setup, mixed, mode="generate", max_new_tokens=1, judge=judge)
+    assert [row["raw_output"] for row in rows] == ["image"] * 3
+    assert [row["extracted_by"] for row in rows] == ["judge"] * 3
+    assert sorted(question for question, *_ in asked) == sorted(item["question"] for item in mixed)
+    for row, item in zip(rows, mixed):
+        assert row["prediction"] == ("C" if len(item["options"]) > 2 else "B" if item["options"] else "no")
+
+
+def expected_same_image_history(items, position, k, answer_format="letter"):
+    """Written out independently: the other items of the image, in input order after this one
+    (wrapping), not of its group and not asking the same question, answered correctly."""
+    item = items[position]
+    same = [p for p, other in enumerate(items) if other["image_sha256"] == item["image_sha256"]]
+    at = same.index(position)
+    chosen = [p for p in same[at + 1:] + same[:at]
+              if (item["group"] is None or items[p]["group"] != item["group"])
+              and items[p]["question"] != item["question"]][:k]
+    history = []
+    for p in chosen:
+        other = items[p]
+        if other["answer_type"] == "yes_no":
+            user = evaluation.conventions_for("pope").yes_no(other["question"], other["hint"])
+            reply = {"yes": "Yes", "no": "No"}[other["answer"]]
+        else:
+            user = mcq_prompt(other["question"], other["options"], other["hint"], answer_format)
+            reply = other["answer"] if answer_format == "letter" else other["options"]["ABCD".index(other["answer"])]
+        history.append((user, reply))
+    return history
+
+
+def test_rounds_zero_is_the_single_round_evaluation(crowded, setup):
+    for mode in ("loglik", "generate"):
+        single = evaluate_items(setup, crowded, mode=mode, max_new_tokens=3)
+        for source in evaluation.ROUND_SOURCES:
+            assert without_latency(evaluate_items(setup, crowded, mode=mode, max_new_tokens=3, rounds=0,
+                                                  round_source=source)) == without_latency(single)
+
+
+def test_same_image_rounds_put_other_items_first(crowded, setup):
+    _, _, model, processor = setup
+    single = evaluate_items(setup, crowded)
+    rows = evaluate_items(setup, crowded, rounds=2, batch_size=7)
+    counts = []
+    for position, (row, one) in enumerate(zip(rows, single)):
+        history = expected_same_image_history(crowded, position, 2)
+        counts.append(row["rounds"])
+        assert row["rounds"] == len(history)
+        if history:
+            assert row["prompt"] != one["prompt"] and row["prompt"].endswith(f"\nUSER: {one['prompt']}")
+            assert row["prompt"] == evaluation.recorded_prompt(history, one["prompt"])
+        else:
+            assert row["prompt"] == one["prompt"]
+    assert 2 in counts and min(counts) < 2, "the bench should have images with 3+ items and some with fewer"
+    # The scores are those of the whole conversation, scored unbatched.
+    for position in [p for p, row in enumerate(rows) if row["rounds"]][:4]:
+        item = crowded[position]
+        replies = evaluation.option_replies(evaluation.normalise_item(item))
+        user = single[position]["prompt"]
+        assert rows[position]["option_scores"] == pytest.approx(reference_reply_scores(
+            model, processor, item, user, replies, expected_same_image_history(crowded, position, 2)), abs=1e-4)
+    for a, b in zip(rows, evaluate_items(setup, crowded, rounds=2, batch_size=1)):
+        assert a["option_scores"] == pytest.approx(b["option_scores"], abs=1e-4) and a["prompt"] == b["prompt"]
+
+
+def test_same_image_rounds_skip_the_items_own_group(crowded, setup):
+    by_image = {}
+    for item in crowded:
+        by_image.setdefault(item["image_sha256"], []).append(item)
+    sha, crowd = max(by_image.items(), key=lambda entry: len(entry[1]))
+    grouped = [dict(item, group="one-group") if item["image_sha256"] == sha else item for item in crowded]
+    rows = evaluate_items(setup, grouped, rounds=3)
+    assert len(crowd) >= 3
+    assert all(row["rounds"] == 0 for row in rows if row["image_sha256"] == sha)
+    assert any(row["rounds"] > 0 for row in rows)
+
+
+@pytest.mark.parametrize("mode", evaluation.MODES)
+def test_generic_rounds_answer_generic_instructions_once_per_image_and_turn(crowded, setup, monkeypatch, mode):
+    _, _, model, _ = setup
+    calls = []
+    generate = model.generate
+
+    def counted(**kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return generate(**kwargs)
+
+    monkeypatch.setattr(model, "generate", counted)
+    single = evaluate_items(setup, crowded, mode=mode, max_new_tokens=2)
+    calls.clear()
+    rows = evaluate_items(setup, crowded, mode=mode, max_new_tokens=2, rounds=2, round_source="generic",
+                          batch_size=64, round_max_new_tokens=5)
+    images = len({item["image_sha256"] for item in crowded})
+    # One batch per turn over every image, then (generate mode) one batch for the scored questions.
+    assert calls == [images, images] + ([len(crowded)] if mode == "generate" else [])
+    contexts = {}
+    for row, one in zip(rows, single):
+        assert row["rounds"] == 2
+        context, _, scored = row["prompt"].rpartition("\nUSER: ")
+        assert scored == one["prompt"]
+        assert context.startswith(f"USER: {evaluation.GENERIC_INSTRUCTIONS[0]}\nASSISTANT: ")
+        assert f"\nUSER: {evaluation.GENERIC_INSTRUCTIONS[1]}\nASSISTANT: " in context
+        assert contexts.setdefault(row["image_sha256"], context) == context  # shared by the image's items
+    if mode == "loglik":
+        assert [row["option_scores"] for row in rows] != [row["option_scores"] for row in single]
+
+
+def test_generate_mode_with_same_image_rounds(crowded, setup):
+    rows = evaluate_items(setup, crowded, mode="generate", rounds=1, max_new_tokens=2)
+    assert any(row["rounds"] == 1 for row in rows)
+    assert all(row["prompt"].startswith("USER: ") for row in rows if row["rounds"])
+    assert all(row["extracted_by"] in STEPS for row in rows)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"question": ""}, "benchmark item '0': field 'question' is missing"),
+    ({"answer": "E"}, "benchmark item '0': field 'answer': 'E' is not one of the option letters"),
+    ({"answer_type": "yes_no"}, "benchmark item '0': field 'options': a yes_no item has no options"),
+    ({"answer_type": "yes_no", "options": [], "answer": "maybe"}, "benchmark item '0': field 'answer': a yes_no"),
+    ({"answer_type": "open"}, "benchmark item '0': field 'answer_type'"),
+    ({"options": ["only one"]}, "benchmark item '0': field 'options': an mcq item needs 2"),
+])
+def test_bad_items_name_the_item_and_field(setup, change, message):
+    _, items, _, _ = setup
+    with pytest.raises(ValueError, match=re.escape(message)):
+        evaluate_items(setup, [dict(items[0], **change)] + items[1:])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"mode": "sample"}, "mode must be one of"), ({"round_source": "other"}, "round_source must be one of"),
+    ({"rounds": -1}, "rounds must be >= 0"), ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
+    ({"rounds": 7, "round_source": "generic"}, "rounds must be <= 6"), ({"method": "fast"}, "method must be one of"),
+])
+def test_bad_arguments(setup, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        run(setup, **kwargs)
+
+
+def test_badcases_of_yes_no_items(crowded, setup, tmp_path):
+    items = [item for item in crowded if item["answer_type"] == "yes_no"]
+    rows = [dict(row, correct=False) for row in evaluate_items(setup, items)]
+    cases = evaluation.badcases(rows, items, 0, tmp_path, answer_format="option")
+    for case, item in zip(cases, items):
+        assert case["format"] == "yes_no" and case["answer"] == item["answer"] and case["options"] == []
+        assert case["conversations"][1] == {"role": "assistant", "content": item["answer"]}
+        assert case["conversations"][0]["content"].endswith(evaluation.SHORT_SUFFIX)

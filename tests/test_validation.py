@@ -198,6 +198,19 @@ def test_predictions_pass_and_fail(tmp_path):
     assert "check_correct_is_bool" in message and "prediction_key" in message
 
 
+def test_yes_no_predictions_pass_and_fail(tmp_path):
+    rows = [dict(item=f"pope-{index}", benchmark="pope", model="m", iteration=0, mode="loglik",
+                 answer_type="yes_no", category="random", question="Is there a dog in the image?", options=[],
+                 answer="yes", prediction=prediction, correct=prediction == "yes", option_scores=[-0.2, -1.9],
+                 latency_ms=1.0, image_sha256="ab", rounds=0)
+            for index, prediction in enumerate(["yes", "no", "none"])]
+    validate(rows, "predictions", source="pope/predictions.parquet", iteration=0)
+    rows[1]["prediction"] = "A"                     # a letter is no yes/no answer
+    rows[2]["option_scores"] = [-0.2, -1.9, -3.0]   # a yes/no item scores two replies
+    check_fails(rows, "predictions", tmp_path, ids=["pope-1", "pope-2"], expectation="check_prediction_valid",
+                source="pope/predictions.parquet")
+
+
 def test_predictions_wrong_iteration_from_parquet(tmp_path):
     import pandas as pd
 

@@ -1,4 +1,4 @@
-"""MMBench-format benchmarks: make items from held-out scenes, write and read the TSV.
+"""MMBench-format benchmarks: make items from held-out scenes and write them as a TSV.
 
 The TSV has MMBench's columns (index, question, hint, A..D, answer, category,
 l2-category, image) with the image as base64 of the PNG bytes, so the same file is
@@ -9,32 +9,24 @@ generated item's `sample_id`) are kept after the standard ones.
 the images in its own seeded order so the questions spread across images (an image
 is asked a family's question again only after every image has had its turn).
 
-`read_mmbench` normalises a TSV into items: `options` (the non-empty A.. columns in
-order), `answer` (a letter), `hint` (None when empty), `image` (bytes) and
-`image_sha256`. Bad rows get an error naming the file, the row and the field.
-MMBench's own image de-duplication (an `image` cell holding another row's index) is
-resolved.
+Reading a TSV (this one or a real MMBench's) into benchmark items is
+`mmloop.loaders.read_mmbench`, beside the other benchmark formats.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import os
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mmloop.io import sha256_bytes
 from mmloop.questions import COLOURS, FAMILIES, L2_CATEGORY, SHAPES, make_question, objects_by_image
 from mmloop.schema import OPTION_LETTERS, letter
 
 # MMBench's columns, in its order; option columns beyond D are added when an item has them.
 COLUMNS = ("index", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category", "image")
-REQUIRED = ("index", "question", "A", "B", "answer", "category", "image")
-# Hint cells that mean "no hint" (an empty cell, or a NaN written out as text).
-NULL_HINTS = ("", "nan")
 # Passes over a family's shuffled images before giving up on finding enough distinct questions.
 MAX_PASSES = 8
 
@@ -109,7 +101,7 @@ def _read_image(file_name: str, data_root: str | os.PathLike, source: str) -> by
         raise FileNotFoundError(f"{source}: image file_name {file_name!r}: {path} not found") from None
 
 
-# ---------------------------------------------------------------- writing and reading the TSV
+# ---------------------------------------------------------------- writing the TSV
 
 def write_mmbench(items: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> int:
     """Write items as an MMBench TSV, atomically. Missing option columns and a missing or
@@ -131,77 +123,6 @@ def write_mmbench(items: Iterable[Mapping[str, Any]], path: str | os.PathLike) -
         writer.writerow(["" if item.get(column) is None else item.get(column) for column in columns])
     write_text(path, buffer.getvalue())
     return len(items)
-
-
-def read_mmbench(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Normalised items of an MMBench TSV, in file order.
-
-    Each item: index (str), question, hint (None when empty), options (list), answer
-    (letter), category, l2_category (None when the column is absent or empty), image
-    (bytes), image_sha256, plus any extra columns under their own names.
-    """
-    import pandas as pd
-
-    path = Path(path)
-    try:
-        # Everything as text, and no "NA"/"None" option turned into NaN.
-        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_filter=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: benchmark TSV not found") from None
-    except pd.errors.ParserError as err:
-        raise ValueError(f"{path}: not a readable TSV: {err}") from None
-    missing = [column for column in REQUIRED if column not in table.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(map(repr, missing))} "
-                         f"(have {', '.join(map(repr, table.columns))})")
-    letters = [column for column in OPTION_LETTERS if column in table.columns]
-    standard = set(COLUMNS) | set(letters)
-    extras = [column for column in table.columns if column not in standard]
-    rows = table.to_dict("records")
-    images_by_index = {row["index"].strip(): row["image"] for row in rows}
-
-    items = []
-    for position, row in enumerate(rows):
-        where = f"{path}: row {position} (index {row['index']!r})"
-        question = row["question"].strip()
-        if not question:
-            raise ValueError(f"{where}: field 'question' is empty")
-        options = [row[column].strip() for column in letters]
-        while options and not options[-1]:
-            options.pop()
-        if len(options) < 2 or not all(options):
-            raise ValueError(f"{where}: fields {'/'.join(letters)}: options must be 2 or more non-empty "
-                             f"columns from 'A' on without gaps, got {options!r}")
-        answer = row["answer"].strip()
-        if answer not in letters[:len(options)]:
-            raise ValueError(f"{where}: field 'answer': {answer!r} is not among the non-empty options "
-                             f"{', '.join(letters[:len(options)])}")
-        category = row["category"].strip()
-        if not category:
-            raise ValueError(f"{where}: field 'category' is empty")
-        image = _decode_image(row["image"], images_by_index, where)
-        hint = row.get("hint", "").strip()
-        item = {"index": row["index"].strip(), "question": question,
-                "hint": None if hint.lower() in NULL_HINTS else hint,
-                "options": options, "answer": answer, "category": category,
-                "l2_category": row.get("l2-category", "").strip() or None,
-                "image": image, "image_sha256": sha256_bytes(image)}
-        item.update({column: row[column] for column in extras})
-        items.append(item)
-    return items
-
-
-def _decode_image(cell: str, images_by_index: Mapping[str, str], where: str) -> bytes:
-    cell = cell.strip()
-    # MMBench stores each image once; other rows of the same image hold that row's index.
-    if cell.isdigit() and cell in images_by_index and not images_by_index[cell].strip().isdigit():
-        cell = images_by_index[cell].strip()
-    if not cell:
-        raise ValueError(f"{where}: field 'image' is empty")
-    try:
-        return base64.b64decode(cell, validate=True)
-    except (binascii.Error, ValueError) as err:
-        raise ValueError(f"{where}: field 'image' is not valid base64 ({err})") from None
 
 
 def family_counts(items: Iterable[Mapping[str, Any]]) -> dict[str, int]:

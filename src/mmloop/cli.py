@@ -18,6 +18,51 @@ def _lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    """Evaluate a model on a benchmark file: the DVC evaluate stage's run, on its own."""
+    from pathlib import Path
+
+    from mmloop import evaluation, loaders, vlm
+    from mmloop.params import load_params
+
+    # Defaults come from the repository's params.yaml when there is one, so this reproduces the stage.
+    params = load_params(args.params) if Path(args.params).is_file() else {}
+    section = dict(params.get("evaluate") or {})
+    overrides = {"mode": args.mode, "rounds": args.rounds, "round_source": args.round_source,
+                 "circular": args.circular, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+                 "judge": args.judge}
+    section.update({key: value for key, value in overrides.items() if value is not None})
+    answer_format = args.answer_format or str(params.get("answer_format", "letter"))
+    try:
+        settings = evaluation.EvalSettings.from_params(section, answer_format)
+        kind = args.format or loaders.guess_format(args.bench)
+        items = loaders.load_benchmark(args.bench, kind, image_dir=args.image_dir)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"mmloop eval: {err}", file=sys.stderr)
+        return 1
+    vlm.set_threads(args.threads)
+    model, processor = vlm.load(args.model)
+    name = args.name or Path(args.bench).stem
+    items, predictions, metrics = evaluation.run_benchmark(
+        model, processor, items, settings, kind=kind, benchmark=name, model_name=vlm.model_name(args.model),
+        iteration=args.iteration)
+    print(evaluation.format_table(metrics))
+    if args.out:
+        from mmloop.io import atomic_path, write_json
+        from mmloop.schema import prediction_schema, write_samples
+
+        single_round = [row for row in predictions if not row["rounds"]]
+        bad = evaluation.badcases(single_round, items, args.iteration, args.data_root, source=Path(args.bench).name,
+                                  answer_format=settings.answer_format)
+        metrics["badcases"] = len(bad)
+        with atomic_path(args.out, directory=True) as out:
+            write_samples(predictions, out / "predictions.parquet", schema=prediction_schema())
+            write_samples(bad, out / "badcases.parquet")
+            write_json(out / "metrics.json", metrics)
+        print(f"wrote {args.out}/predictions.parquet, badcases.parquet, metrics.json")
+    return 0
+
+
 def _prompts_review(args: argparse.Namespace) -> int:
     from mmloop import ipo
 
@@ -51,6 +96,9 @@ def _prompts_propose(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mmloop.evaluation import MODES, ROUND_SOURCES  # both light: no torch until a command runs
+    from mmloop.loaders import FORMATS
+
     parser = argparse.ArgumentParser(prog="mmloop", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -58,6 +106,34 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.add_argument("sample_id")
     lineage.add_argument("--data-root", default="data", help="where the pipeline's parquet files live (default: data)")
     lineage.set_defaults(run=_lineage)
+
+    evaluate = commands.add_parser("eval", help="evaluate a model on a benchmark file and print a per-category table")
+    evaluate.add_argument("--model", required=True, help="a local model folder or a hub id")
+    evaluate.add_argument("--bench", required=True, help="a benchmark file or folder (MMBench TSV, A-OKVQA, POPE, "
+                          "MME, SEED-Bench, JSONL)")
+    evaluate.add_argument("--format", choices=FORMATS,
+                          help="the benchmark format (default: guessed from the file)")
+    evaluate.add_argument("--image-dir", help="where the benchmark's image files are (default: beside the file)")
+    evaluate.add_argument("--mode", choices=MODES, help="option log-likelihood or generation "
+                          "plus answer extraction (default: params evaluate.mode, else loglik)")
+    evaluate.add_argument("--rounds", type=int, help="also score each question after this many earlier turns")
+    evaluate.add_argument("--round-source", choices=ROUND_SOURCES,
+                          help="earlier turns: other questions on the same image, or generic instructions")
+    evaluate.add_argument("--circular", action=argparse.BooleanOptionalAction, default=None,
+                          help="CircularEval: also score every rotation of each item's options")
+    evaluate.add_argument("--answer-format", choices=["letter", "option"],
+                          help="replies name the option by letter or by text (default: params answer_format, "
+                          "else letter)")
+    evaluate.add_argument("--judge", help="'package.module:function' that picks an answer when extraction fails")
+    evaluate.add_argument("--batch-size", type=int)
+    evaluate.add_argument("--max-new-tokens", type=int)
+    evaluate.add_argument("--threads", type=int, default=2)
+    evaluate.add_argument("--iteration", type=int, default=0, help="the iteration recorded in the outputs")
+    evaluate.add_argument("--name", help="the benchmark's name in item ids (default: the file's stem)")
+    evaluate.add_argument("--out", help="a folder for predictions.parquet, badcases.parquet and metrics.json")
+    evaluate.add_argument("--params", default="params.yaml", help="defaults from this params file when it exists")
+    evaluate.add_argument("--data-root", default="data", help="where content-addressed images live (bad cases)")
+    evaluate.set_defaults(run=_eval)
 
     prompts = commands.add_parser("prompts", help="Interactive Prompt Optimization of the LLM teacher's prompt")
     prompt_commands = prompts.add_subparsers(dest="prompts_command", required=True)

@@ -86,6 +86,18 @@ def sample_schema():
 
 @functools.cache
 def prediction_schema():
+    """One row per scored benchmark item (see `mmloop.evaluation`).
+
+    - item: "<benchmark>-<index>"; group: the item's CircularEval / MME image-pair group.
+    - mode: "loglik" (option log-likelihood) or "generate" (generation plus extraction).
+    - answer / prediction: letters for mcq items, "yes"/"no" for yes_no items; a prediction
+      that no option could be extracted from is "none".
+    - raw_output: the generated text (null in loglik mode); extracted_by: which extraction
+      step produced the prediction ("letter", "option_text", "yes_no", "judge", "none",
+      or "loglik").
+    - rounds: earlier turns before the scored question (0 = single round); prompt: the
+      scored user turn as the model saw it, so a score can be reproduced.
+    """
     import pyarrow as pa
 
     return pa.schema([
@@ -94,17 +106,58 @@ def prediction_schema():
         pa.field("model", pa.string()),
         pa.field("iteration", pa.int32()),
         pa.field("mode", pa.string()),
+        pa.field("answer_type", pa.string()),
         pa.field("category", pa.string()),
         pa.field("l2_category", pa.string()),
+        pa.field("group", pa.string()),
         pa.field("question", pa.string()),
         pa.field("options", pa.list_(pa.string())),
         pa.field("answer", pa.string()),
         pa.field("prediction", pa.string()),
         pa.field("correct", pa.bool_()),
+        pa.field("raw_output", pa.string()),
+        pa.field("extracted_by", pa.string()),
         pa.field("option_scores", pa.list_(pa.float64())),
+        pa.field("direct_answers", pa.list_(pa.string())),
+        pa.field("rounds", pa.int32()),
+        pa.field("prompt", pa.string()),
         pa.field("latency_ms", pa.float64()),
         pa.field("image_sha256", pa.string()),
     ])
+
+
+# ---------------------------------------------------------------- benchmark items
+
+# Every benchmark loader (`mmloop.loaders`) normalises its format to these fields:
+# - index: unique within the benchmark (str); question; hint (None when absent);
+# - answer_type: "mcq" (options lettered A.., answer a letter) or "yes_no" (no options,
+#   answer "yes" or "no");
+# - options: the option texts in letter order ([] for yes_no); answer;
+# - category, l2_category (None when the format has none);
+# - image (the encoded bytes), image_sha256;
+# - group: items scored together: MMBench circular copies (index % 1e6), an MME image's
+#   question pair; None when the item stands alone;
+# - direct_answers: A-OKVQA's free-form reference answers ([] elsewhere).
+ANSWER_TYPES = ("mcq", "yes_no")
+BENCH_ITEM_FIELDS = ("index", "question", "hint", "answer_type", "options", "answer", "category",
+                     "l2_category", "image", "image_sha256", "group", "direct_answers")
+
+
+def bench_item(**fields: Any) -> dict[str, Any]:
+    """A benchmark item with every field present (defaults: no hint, mcq, no l2 category,
+    no group, no direct answers); unknown keys are kept as extra columns."""
+    item = {"hint": None, "answer_type": "mcq", "options": [], "l2_category": None, "group": None,
+            "direct_answers": [], **fields}
+    missing = [name for name in BENCH_ITEM_FIELDS if name not in item]
+    if missing:
+        raise KeyError(f"benchmark item {fields.get('index')!r}: missing field(s) {missing}")
+    if item["answer_type"] not in ANSWER_TYPES:
+        raise ValueError(f"benchmark item {item['index']!r}: answer_type must be one of {ANSWER_TYPES}, "
+                         f"got {item['answer_type']!r}")
+    item["index"] = str(item["index"])
+    item["options"] = list(item["options"])
+    item["direct_answers"] = list(item["direct_answers"] or [])
+    return item
 
 
 def make_sample_id(image_sha256: str | None, conversations: Sequence[Mapping[str, str]],

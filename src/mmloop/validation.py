@@ -253,19 +253,22 @@ def _prediction_checks(frame, source: str, iteration):
     import great_expectations as gx
 
     _require_columns(frame, ("item", "prediction", "correct", "options"), source, "predictions")
-    # One prediction per item for each (benchmark, model, mode) that the table holds.
-    key_columns = [column for column in ("item", "benchmark", "model", "mode") if column in frame.columns]
+    # One prediction per item for each (benchmark, model, mode, rounds) that the table holds.
+    key_columns = [column for column in ("item", "benchmark", "model", "mode", "rounds") if column in frame.columns]
     frame["prediction_key"] = ["\x1f".join(str(value) for value in values)
                                for values in zip(*(frame[column] for column in key_columns))]
     # numpy's bool_ is what a parquet bool column gives back through pandas.
     frame["check_correct_is_bool"] = [type(value).__name__ in ("bool", "bool_") for value in frame["correct"]]
+    answer_types = frame["answer_type"] if "answer_type" in frame.columns else ["mcq"] * len(frame)
     frame["check_prediction_valid"] = [
-        _prediction_valid(prediction, options) for prediction, options in zip(frame["prediction"], frame["options"])]
+        _prediction_valid(prediction, options, answer_type)
+        for prediction, options, answer_type in zip(frame["prediction"], frame["options"], answer_types)]
     if "option_scores" in frame.columns:
-        # Scores are optional (generative mode has none); when present there is one per option.
+        # Scores are optional (generative mode has none); when present there is one per option
+        # (a yes/no item scores its two replies).
         frame["check_option_scores_match_options"] = [
-            len(_as_list(scores)) in (0, len(_as_list(options)))
-            for scores, options in zip(frame["option_scores"], frame["options"])]
+            len(_as_list(scores)) in (0, 2 if answer_type == "yes_no" else len(_as_list(options)))
+            for scores, options, answer_type in zip(frame["option_scores"], frame["options"], answer_types)]
 
     expectations = [
         gx.expectations.ExpectColumnValuesToNotBeNull(column="item"),
@@ -281,9 +284,11 @@ def _prediction_checks(frame, source: str, iteration):
     return frame, expectations
 
 
-def _prediction_valid(prediction, options) -> bool:
+def _prediction_valid(prediction, options, answer_type="mcq") -> bool:
     if _is_null(prediction):
         return False
+    if answer_type == "yes_no":
+        return prediction in ("yes", "no", "none")
     options = _as_list(options)
     letters = OPTION_LETTERS[:len(options)] if options else OPTION_LETTERS
     return prediction == "none" or prediction in letters
