@@ -928,12 +928,15 @@ def run_benchmark(model, processor, items: Sequence[Mapping[str, Any]], settings
 
 def format_table(result: Mapping[str, Any]) -> str:
     """Per-category accuracy as a text table: exact match, then CircularEval and the
-    multi-round exact match when they were measured, each column labelled."""
+    multi-round exact match when they were measured, each column labelled. The multi-round
+    columns cover the items that had earlier turns, next to their own single-round accuracy."""
     columns = [("exact", result)]
     if "circular" in result:
         columns.append(("circular", result["circular"]))
     multi = result.get("multi_round")
     if multi:
+        # The multi-round items (those with other questions on their image) in one round, then in k.
+        columns.append(("paired 1-round", multi["single_round_same_items"]))
         columns.append((f"{multi['rounds']}-round", multi["exact_match"]))
         if "circular" in multi:
             columns.append((f"{multi['rounds']}-round circular", multi["circular"]))
