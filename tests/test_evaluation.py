@@ -276,27 +276,9 @@ def test_dropped_prompt_tokens_add_the_same_term_to_every_option(setup, monkeypa
 
 
 def reference_option_scores(model, processor, item):
-    """Unbatched: each full conversation whose reply is the option's text in its own forward
-    pass, the reply's tokens' log-probabilities summed (the end token excluded)."""
-    import torch
-    from PIL import Image
-
-    image = Image.open(io.BytesIO(item["image"])).convert("RGB")
-    user = vlm.messages([{"role": "user", "content": mcq_prompt(item["question"], item["options"], item["hint"],
-                                                                answer_format="option")}])
-    prompt = processor.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
-    prompt_length = processor(text=[prompt], images=[image], return_tensors="pt",
-                              add_special_tokens=False)["input_ids"].shape[1]
-    scores = []
-    for option in item["options"]:
-        full = processor.apply_chat_template(user + [{"role": "assistant", "content": option}], tokenize=False)
-        encoded = processor(text=[full], images=[image], return_tensors="pt", add_special_tokens=False)
-        ids = encoded["input_ids"][0]
-        end = len(ids) - 1 if int(ids[-1]) == processor.tokenizer.eos_token_id else len(ids)
-        with torch.no_grad():
-            logprobs = torch.log_softmax(model(**encoded).logits[0].float(), dim=-1)
-        scores.append(sum(float(logprobs[p - 1, ids[p]]) for p in range(prompt_length, end)))
-    return scores
+    """Unbatched: each option's text as the reply, scored by `reference_reply_scores`."""
+    user = mcq_prompt(item["question"], item["options"], item["hint"], answer_format="option")
+    return reference_reply_scores(model, processor, item, user, item["options"])
 
 
 def test_option_text_replies_score_like_full_sequences(setup):

@@ -57,6 +57,7 @@ holds them (see `recorded_prompt`).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -952,14 +953,8 @@ def format_table(result: Mapping[str, Any]) -> str:
         lines.append(category.ljust(width) + "".join(cells) + str(count).rjust(7))
     for name in ("pope", "mme", "aokvqa_direct"):
         if name in result:
-            lines.append(f"{name}: {_compact(result[name])}")
+            lines.append(f"{name}: {json.dumps(result[name], sort_keys=True)}")
     return "\n".join(lines)
-
-
-def _compact(block: Any) -> str:
-    import json
-
-    return json.dumps(block, sort_keys=True, default=float)[:2000]
 
 
 def badcases(predictions: Iterable[Mapping[str, Any]], items: Sequence[Mapping[str, Any]], iteration: int,
