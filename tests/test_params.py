@@ -24,3 +24,11 @@ def test_stage_seeds_differ_by_stage_and_iteration():
     assert params.stage_seed(config, "sample", "1") == params.stage_seed(config, "sample", "1")
     assert params.stage_seed(config, "sample", "1") != params.stage_seed(config, "sample", "2")
     assert params.stage_seed(config, "sample", "1") != params.stage_seed({"seed": 1}, "sample", "1")
+
+
+def test_loop_seed_varies_iterations_but_not_the_base():
+    config = {"seed": 0}
+    other = {"seed": 0, "loop": {"seed": 1}}
+    assert params.stage_seed(config, "sample", "1") != params.stage_seed(other, "sample", "1")
+    assert params.stage_seed(config, "base") == params.stage_seed(other, "base")
+    assert params.stage_seed(config, "train", "2") == params.stage_seed({"seed": 0, "loop": {"seed": 0}}, "train", "2")

@@ -44,7 +44,14 @@ def ancestry(params: dict[str, Any], name: str) -> list[str]:
 
 
 def stage_seed(params: dict[str, Any], stage: str, iteration_name: str | int = BASE_ITERATION) -> int:
-    """A per-stage, per-iteration RNG seed derived from the one global seed."""
+    """A per-stage, per-iteration RNG seed derived from the one global seed.
+
+    Iteration stages also mix in `loop.seed`, so `dvc exp run -S loop.seed=1` repeats the
+    loop with other draws (sampling, generation, training) on the same world and base model.
+    """
     from mmloop.io import stable_hash
 
-    return int(stable_hash(int(params.get("seed", 0)), stage, str(iteration_name), length=8), 16)
+    parts: list[Any] = [int(params.get("seed", 0)), stage, str(iteration_name)]
+    if str(iteration_name) != BASE_ITERATION:
+        parts.append(int((params.get("loop") or {}).get("seed", 0)))
+    return int(stable_hash(*parts, length=8), 16)
