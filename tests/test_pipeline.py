@@ -1,6 +1,7 @@
 """End to end: the real `dvc repro` on a tiny configuration, in a temporary copy of the repo."""
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -87,6 +88,21 @@ def test_appending_an_iteration_runs_only_its_stages(repo):
     out = _run(["dvc", "repro"], root, env)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"sample@3", "generate@3", "eliminate@3", "train@3", "evaluate@3", "aggregate"}
+
+
+@pytest.mark.slow
+def test_a_new_loop_seed_leaves_world_and_base_model_alone(repo):
+    root, env = repo
+    original = (root / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params["loop"]["seed"] = 1
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        stale = set(json.loads(_run(["dvc", "status", "--json"], root, env)))
+    finally:
+        (root / "params.yaml").write_text(original)
+    iterations = params["loop"]["iterations"]
+    assert stale == {f"{stage}@{name}" for stage in ("sample", "generate", "eliminate", "train") for name in iterations}
 
 
 @pytest.mark.slow
