@@ -64,6 +64,25 @@ def test_labels_cover_the_assistant_replies_only(data):
     assert kept == [*reply.split(), processor.tokenizer.eos_token]
 
 
+def test_the_projector_reads_the_towers_patch_embeddings(data):
+    import numpy as np
+    import torch
+
+    root, records = data
+    model, processor = tiny_model(records)
+    images = training.load_images(records[:2], root)
+    pixels = processor.image_processor(list(images.values()), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        embeddings = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[0]
+        expected = model.model.multi_modal_projector(embeddings[:, 1:])  # the CLS token is dropped
+        features = model.model.get_image_features(pixel_values=pixels)
+    features = getattr(features, "pooler_output", features)
+    features = torch.stack(list(features)) if isinstance(features, (list, tuple)) else features
+    assert np.allclose(features.reshape(expected.shape).numpy(), expected.numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="vision_feature_layer"):
+        vlm.build(["a"], vision_layers=1, vision_feature_layer=2)
+
+
 def test_fit_lowers_the_loss(data):
     root, records = data
     model, processor = tiny_model(records)

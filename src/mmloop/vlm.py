@@ -6,8 +6,11 @@ tiny LLaVA folder take the same path. The tiny model is built here from
 parameters only (no hub access):
 
 - a frozen, randomly initialised CLIP-ViT vision tower (hidden 128, 3 layers,
-  patch 16, 64 px): its patch features already separate shape, colour and size
-  when objects sit in patch-aligned cells, so only the projector has to learn;
+  patch 16, 64 px) whose patch embeddings (hidden state 0) feed the projector:
+  they already separate shape, colour and size when objects sit in patch-aligned
+  cells, and they hold one cell each; the random attention layers above them mix
+  every cell into every patch, which blurs which object an attribute belongs to
+  (measured in the README: binding questions learn faster from the embeddings);
 - a 128-d, 4-layer Llama with tied embeddings and init std 0.08 (about
   1/sqrt(hidden)); the transformers default 0.02 stalls tiny models at the
   answer prior;
@@ -62,6 +65,8 @@ DEFAULT_CONFIG = {
     "vision_hidden": 128,
     "vision_layers": 3,
     "vision_heads": 4,
+    # Which hidden state of the tower feeds the projector: 0 = the patch embeddings.
+    "vision_feature_layer": 0,
     "text_hidden": 128,
     "text_layers": 4,
     "text_heads": 4,
@@ -135,8 +140,8 @@ def build(texts: Iterable[str], *, seed: int = 0, **config: Any):
     )
     config_obj = LlavaConfig(
         vision_config=vision, text_config=text, image_token_id=image_token_id,
-        # a 3-layer tower: its last layer is the useful one (the default -2 is for deep towers)
-        vision_feature_layer=-1, vision_feature_select_strategy="default",
+        vision_feature_layer=_hidden_state_index(cfg["vision_feature_layer"], cfg["vision_layers"]),
+        vision_feature_select_strategy="default",
         image_seq_length=patches, projector_hidden_act="gelu", tie_word_embeddings=True,
     )
     config_obj.initializer_range = cfg["initializer_range"]
@@ -158,6 +163,14 @@ def build(texts: Iterable[str], *, seed: int = 0, **config: Any):
         num_additional_image_tokens=1,
     )
     return model, processor
+
+
+def _hidden_state_index(layer: int, layers: int) -> int:
+    """LlavaConfig's negative index of hidden state `layer` (0 = embeddings) of a `layers`-deep tower:
+    transformers reads a vision_feature_layer of 0 as "no layer given", so count from the end."""
+    if not 0 <= layer <= layers:
+        raise ValueError(f"tiny-VLM config: vision_feature_layer must be in 0..{layers}, got {layer}")
+    return layer - (layers + 1)
 
 
 def _reinit_text_model(model, std: float, seed: int) -> None:
