@@ -40,6 +40,8 @@ def test_render_draws_each_object_in_its_colour():
     assert png == world.render(objects, SMALL)
     image = Image.open(BytesIO(png)).convert("RGB")
     assert image.getpixel((8, 8)) == world.COLOUR_RGB["red"]
+    x, y, _, _ = world.bbox(objects[0], SMALL)
+    assert image.getpixel((int(x), 8)) == image.getpixel((8, int(y))) == world.OUTLINE
     assert image.getpixel((56, 56)) == world.COLOUR_RGB["blue"]
     assert image.getpixel((8, 56)) == world.BACKGROUND
 

@@ -1,7 +1,8 @@
 """The procedural scene world: seeded scenes of shapes, rendered once, annotated in COCO format.
 
 A scene puts 1..max_objects objects in distinct cells of a grid x grid layout; each
-object has a shape, a colour and a size and sits centred in its cell. With a 64-px
+object has a shape, a colour and a size, sits centred in its cell and is drawn with a
+white outline. With a 64-px
 image and a 4x4 grid every cell is one 16-px patch of the vision tower, which is what
 lets a tiny frozen ViT read each object's attributes from a single patch feature.
 
@@ -31,6 +32,10 @@ COLOUR_RGB = {
     "white": (240, 240, 240), "cyan": (40, 200, 210), "pink": (245, 140, 190), "brown": (140, 90, 40),
 }
 BACKGROUND = (24, 24, 24)
+# Every shape gets a 1-px outline in this one colour. The outline is the same pixels whatever
+# the fill, so the tiny model's frozen patch embedding (linear in the pixels) carries the shape
+# apart from the colour: shape's share of that embedding's variance doubles (see the README).
+OUTLINE = (255, 255, 255)
 # Side of a shape as a share of its cell: large shapes nearly fill the cell, small ones half.
 SIZE_FRACTION = {"small": 0.45, "large": 0.9}
 SHAPES_DRAWN = ("circle", "square", "triangle", "diamond")
@@ -112,16 +117,16 @@ def render(objects: Sequence[Mapping[str, Any]], config: WorldConfig) -> bytes:
     for obj in objects:
         x, y, w, h = bbox(obj, config)
         box = [x, y, x + w - 1, y + h - 1]
-        fill = COLOUR_RGB[obj["colour"]]
+        paint = {"fill": COLOUR_RGB[obj["colour"]], "outline": OUTLINE, "width": 1}
         if obj["shape"] == "circle":
-            draw.ellipse(box, fill=fill)
+            draw.ellipse(box, **paint)
         elif obj["shape"] == "square":
-            draw.rectangle(box, fill=fill)
+            draw.rectangle(box, **paint)
         elif obj["shape"] == "triangle":
-            draw.polygon([(x + (w - 1) / 2, y), (x, y + h - 1), (x + w - 1, y + h - 1)], fill=fill)
+            draw.polygon([(x + (w - 1) / 2, y), (x, y + h - 1), (x + w - 1, y + h - 1)], **paint)
         else:  # diamond
             draw.polygon([(x + (w - 1) / 2, y), (x + w - 1, y + (h - 1) / 2), (x + (w - 1) / 2, y + h - 1),
-                          (x, y + (h - 1) / 2)], fill=fill)
+                          (x, y + (h - 1) / 2)], **paint)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
