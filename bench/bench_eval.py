@@ -1,4 +1,4 @@
-"""Throughput of batched log-likelihood evaluation (mmloop.evaluation) against a naive loop.
+"""Throughput of batched log-likelihood evaluation (mmloop.eval.scoring) against a naive loop.
 
 The embedded tiny LLaVA (`vlm.build`) scores a small world's MMBench-format benchmark
 (about 200 items) twice per answer format:
@@ -36,14 +36,16 @@ FORMATS = ("letter", "option")
 
 
 def make_bench(root: Path, images: int, items_per_family: int) -> list[dict]:
-    from mmloop import benchmark, loaders, world
+    from mmloop.eval.benchmarks.mmbench import read_mmbench, write_mmbench
     from mmloop.io import read_json
+    from mmloop.world import benchmark
+    from mmloop.world import scenes as world
 
     world.build(world.WorldConfig(splits={"bench": images}), 0, root / "data" / "images", root / "data" / "world")
     made = benchmark.make_items(read_json(root / "data" / "world" / "instances_bench.json"), items_per_family,
                                 seed=0, data_root=root / "data")
-    benchmark.write_mmbench(made, root / "bench.tsv")
-    return loaders.read_mmbench(root / "bench.tsv")
+    write_mmbench(made, root / "bench.tsv")
+    return read_mmbench(root / "bench.tsv")
 
 
 def naive_scores(model, processor, items, answer_format: str) -> list[list[float]]:
@@ -51,19 +53,20 @@ def naive_scores(model, processor, items, answer_format: str) -> list[list[float
     import torch
     from PIL import Image
 
-    from mmloop import evaluation, vlm
+    from mmloop.eval import prompts
+    from mmloop.models import vlm
 
     tokenizer = processor.tokenizer
     result = []
     with torch.inference_mode():
         for item in items:
             image = Image.open(io.BytesIO(item["image"])).convert("RGB")
-            conversation = vlm.messages([{"role": "user", "content": evaluation.user_prompt(item, answer_format)}])
+            conversation = vlm.messages([{"role": "user", "content": prompts.user_prompt(item, answer_format)}])
             prompt = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
             prompt_length = processor(text=[prompt], images=[image], return_tensors="pt",
                                       add_special_tokens=False)["input_ids"].shape[1]
             scores = []
-            for reply in evaluation.option_replies(item, answer_format):
+            for reply in prompts.option_replies(item, answer_format):
                 full = processor.apply_chat_template(conversation + [{"role": "assistant", "content": reply}],
                                                      tokenize=False)
                 encoded = processor(text=[full], images=[image], return_tensors="pt", add_special_tokens=False)
@@ -83,7 +86,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    from mmloop import evaluation, vlm
+    from mmloop.config import EvaluateConfig
+    from mmloop.eval import evaluation
+    from mmloop.models import vlm
 
     with tempfile.TemporaryDirectory() as tmp:
         items = make_bench(Path(tmp), args.images, args.items_per_family)
@@ -96,9 +101,11 @@ def main() -> int:
     print(f"items={len(items)} with multi-token options={multi} threads={args.threads} "
           f"batch_size={args.batch_size}")
 
+    settings = EvaluateConfig(batch_size=args.batch_size)
+
     def batched(answer_format: str, subset=items):
-        return evaluation.evaluate(model, processor, subset, batch_size=args.batch_size, model_name="bench",
-                                   iteration=0, benchmark="bench", answer_format=answer_format)
+        return evaluation.evaluate(model, processor, subset, settings, answer_format, benchmark="bench",
+                                   model_name="bench", iteration=0)
 
     ratios, worst = [], 0.0
     for answer_format in FORMATS:

@@ -1,4 +1,4 @@
-"""Throughput of mmloop.llm against the local OpenAI-compatible server with a fixed per-request latency.
+"""Throughput of mmloop.teachers.llm against the local OpenAI-compatible server with a fixed per-request latency.
 
 With C requests in flight and L seconds per request, the ideal rate is C / L.
 This prints achieved requests/s divided by that ideal (goal: at least 0.9),
@@ -43,23 +43,23 @@ def main() -> int:
     parser.add_argument("--latency", type=float, default=0.5)
     args = parser.parse_args()
 
-    from mmloop import llm
-    from mmloop.journal import Journal, request_key
+    from mmloop.config import OpenAIConfig
+    from mmloop.teachers import llm
+    from mmloop.teachers.journal import Journal, request_key
 
     process, url = start_server(args.latency)
     try:
-        settings = llm.Settings(model="bench-model", base_url=url, api_key_env=None,
-                                generation={"temperature": 0.0, "max_tokens": 256},
-                                concurrency=args.concurrency, max_concurrency=args.concurrency, timeout=30)
+        config = OpenAIConfig(model="bench-model", base_url=url, api_key_env=None, temperature=0.0, max_tokens=256,
+                              concurrency=args.concurrency, max_concurrency=args.concurrency, timeout=30.0)
         requests = []
         for i in range(args.requests):
             messages = [{"role": "user", "content": f"Question type: colour\nData type: mcq\nbench item {i}"}]
-            requests.append(llm.ChatRequest(request_key(settings.model, messages, settings.generation), messages))
+            requests.append(llm.ChatRequest(request_key(config.model, messages, config.generation), messages))
         with tempfile.TemporaryDirectory() as tmp, Journal(Path(tmp) / "bench.sqlite") as journal:
             # Warm up the connection pool and imports outside the timed region.
-            llm.Runner(settings, journal).run(requests[:args.concurrency])
+            llm.Runner(config, journal).run(requests[:args.concurrency])
             timed = requests[args.concurrency:]
-            runner = llm.Runner(settings, journal)
+            runner = llm.Runner(config, journal)
             start = time.perf_counter()
             results = runner.run(timed)
             elapsed = time.perf_counter() - start

@@ -5,32 +5,36 @@ By default it builds the embedded tiny LLaVA and trains it on the seed; with
 AutoProcessor / AutoModelForImageTextToText path) and saves it as iteration 0.
 """
 
-from mmloop import questions, training, vlm
+from mmloop import config, questions, stage
 from mmloop.io import atomic_path, write_json
-from mmloop.params import load_params, stage_seed
+from mmloop.loop import training
+from mmloop.models import vlm
 from mmloop.schema import read_samples, write_samples
 
+PARAMS = ("seed", "base", "world.colours", "world.shapes", "world.sizes")
 SEED = "data/seed/samples.parquet"
 MODEL_DIR = "models/iter=0"
 REPLAY_POOL = "data/iter=0/replay_pool.parquet"
 CHECKPOINT = "models/.checkpoints/iter=0.pt"  # a killed run resumes from here
+INPUTS = (SEED, "data/images")
 
 
 def main() -> None:
-    params = load_params()
-    section = params.get("base") or {}
-    seed = stage_seed(params, "base") % (2**31)
+    params = stage.begin("base", PARAMS, preload=["torch", "transformers"])
+    settings = params.base
+    seed = config.stage_seed(params.seed, "base") % (2**31)
     records = read_samples(SEED)
-    vlm.set_threads(int(section.get("threads", vlm.MAX_THREADS)))
-    if section.get("model"):
-        model, processor = vlm.load(section["model"])
-        stats = {"source": str(section["model"]), "trained": False}
+    vlm.set_threads(settings.threads)
+    if settings.model:
+        model, processor = vlm.load(settings.model)
+        stats = {"source": settings.model, "trained": False}
     else:
+        world = params.world
         texts = [turn["content"] for record in records for turn in record["conversations"]]
-        texts += questions.vocabulary_texts(**(params.get("world") or {}))
-        model, processor = vlm.build(texts, seed=seed, **(section.get("config") or {}))
-        stats = training.train_base(model, processor, records, training.TrainSettings.from_params(section, seed=seed),
-                                    data_root="data", source=SEED, checkpoint=CHECKPOINT)
+        texts += questions.vocabulary_texts(colours=world.colours, shapes=world.shapes, sizes=world.sizes)
+        model, processor = vlm.build(texts, seed=seed, **settings.tiny)
+        stats = training.train_base(model, processor, records, settings, seed=seed, data_root="data", source=SEED,
+                                    checkpoint=CHECKPOINT)
         stats["trained"] = True
     with atomic_path(MODEL_DIR, directory=True) as folder:
         vlm.save(model, processor, folder)

@@ -1,25 +1,26 @@
 """bench: held-out bench scenes (data/world/instances_bench.json) -> data/bench/bench.tsv (MMBench format)."""
 
-from mmloop.benchmark import family_counts, make_items, write_mmbench
+from mmloop import config, stage
 from mmloop.io import read_json
-from mmloop.params import load_params, stage_seed
+from mmloop.eval.benchmarks.mmbench import write_mmbench
+from mmloop.world.benchmark import family_counts, make_items
 
+PARAMS = ("seed", "bench", "world.colours", "world.shapes", "world.max_objects")
 DATA_ROOT = "data"
 INSTANCES = "data/world/instances_bench.json"
 OUTPUT = "data/bench/bench.tsv"
+INPUTS = ("data/world", "data/images")
 
 
 def main() -> None:
-    params = load_params()
-    section = params.get("bench") or {}
-    world = params.get("world") or {}
-    vocabularies = {key: world[key] for key in ("colours", "shapes") if world.get(key)}
-    items = make_items(read_json(INSTANCES), int(section.get("items_per_family", 400)), stage_seed(params, "bench"),
-                       data_root=DATA_ROOT, max_count=int(world.get("max_objects", 4)), source=INSTANCES,
-                       **vocabularies)
+    params = stage.begin("bench", PARAMS)
+    world = params.world
+    items = make_items(read_json(INSTANCES), params.bench.items_per_family, config.stage_seed(params.seed, "bench"),
+                       data_root=DATA_ROOT, max_count=world.max_objects, source=INSTANCES,
+                       colours=world.colours, shapes=world.shapes)
     write_mmbench(items, OUTPUT)
     counts = ", ".join(f"{family} {count}" for family, count in family_counts(items).items())
-    print(f"bench {section.get('name', 'bench')}: {len(items)} items in {OUTPUT} ({counts})")
+    print(f"bench {params.bench.name}: {len(items)} items in {OUTPUT} ({counts})")
 
 
 if __name__ == "__main__":

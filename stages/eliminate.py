@@ -5,37 +5,40 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mmloop.elimination import eliminate, load_text_embedder
-from mmloop.generation import load_objects
+from mmloop import config, stage
 from mmloop.io import write_json
-from mmloop.ipo import prompt_version_metrics
-from mmloop.params import load_params, stage_seed
+from mmloop.loop.elimination import eliminate, load_text_embedder
+from mmloop.models.clip import ClipScorer
+from mmloop.questions import read_objects
 from mmloop.schema import read_samples, write_samples
+from mmloop.teachers.ipo import prompt_version_metrics
 from mmloop.validation import validate
 
+PARAMS = ("seed", "loop.seed", "eliminate", "generate.annotations", "clip.pretrained", "clip.threads")
 DATA_ROOT = Path("data")
+
+
+def inputs(iteration: str) -> list[str]:
+    return [f"data/iter={iteration}/generated.parquet", "data/images", "models/clip"]
+
+
+def param_deps(params: config.Params) -> list[str]:
+    """The annotations that verify generated answers."""
+    return list(params.generate.annotations)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) != 1:
         raise SystemExit("usage: python stages/eliminate.py ITERATION")
     iteration = argv[0]
-    params = load_params()
-    settings = params.get("eliminate") or {}
+    params = stage.begin(f"eliminate@{iteration}", PARAMS, param_deps=param_deps,
+                         preload=["open_clip", "sentence_transformers", "great_expectations"])
     folder = DATA_ROOT / f"iter={iteration}"
-    generated_path = folder / "generated.parquet"
-    rows = read_samples(generated_path)
-
-    from mmloop.clip import ClipScorer
-
-    scorer = ClipScorer.from_params(params, root=DATA_ROOT)
+    rows = read_samples(folder / "generated.parquet")
     result = eliminate(
-        rows, objects_by_sha=load_objects(settings.get("annotations") or params["generate"]["annotations"],
-                                          DATA_ROOT),
-        scorer=scorer, embedder=load_text_embedder(), clip_min=settings.get("clip_min"),
-        mismatch_quantile=float(settings.get("clip_mismatch_quantile", 0.5)),
-        near_duplicate=float(settings.get("near_duplicate", 0.95)),
-        seed=stage_seed(params, "eliminate", iteration))
+        rows, objects_by_sha=read_objects(params.generate.annotations), settings=params.eliminate,
+        scorer=ClipScorer.selected(params.clip.pretrained, threads=params.clip.threads, root=DATA_ROOT),
+        embedder=load_text_embedder(), seed=config.stage_seed(params.seed, "eliminate", iteration, params.loop.seed))
 
     kept_path, rejected_path = folder / "kept.parquet", folder / "rejected.parquet"
     # Validate both outputs before writing either, so a failure publishes nothing.

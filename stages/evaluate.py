@@ -10,50 +10,41 @@ import sys
 import time
 from pathlib import Path
 
-from mmloop import evaluation, vlm
-from mmloop.io import atomic_path, write_json
-from mmloop.loaders import read_mmbench
-from mmloop.params import load_params
-from mmloop.schema import prediction_schema, write_samples
-from mmloop.validation import validate
+from mmloop import stage
+from mmloop.eval import evaluation
+from mmloop.eval.benchmarks.mmbench import read_mmbench
+from mmloop.models import vlm
 
+PARAMS = ("answer_format", "evaluate", "bench.name")
 DATA_ROOT = Path("data")
 BENCH_TSV = DATA_ROOT / "bench" / "bench.tsv"
+
+
+def inputs(iteration: str) -> list[str]:
+    return [f"models/iter={iteration}", str(BENCH_TSV)]
 
 
 def main(argv: list[str]) -> None:
     if len(argv) != 1:
         raise SystemExit("usage: python stages/evaluate.py ITERATION")
     iteration = int(argv[0])
-    params = load_params()
-    section = params.get("evaluate") or {}
-    settings = evaluation.EvalSettings.from_params(section, str(params.get("answer_format", "letter")))
-    benchmark = str((params.get("bench") or {}).get("name", "bench"))
+    params = stage.begin(f"evaluate@{iteration}", PARAMS, preload=["torch", "transformers", "great_expectations"])
+    settings = params.evaluate
     model_path = Path("models") / f"iter={iteration}"
-    eval_dir = DATA_ROOT / f"iter={iteration}" / "eval"
-    metrics_path = Path("metrics") / "eval" / f"iter={iteration}.json"
 
-    vlm.set_threads(int(section.get("threads", vlm.MAX_THREADS)))
+    vlm.set_threads(settings.threads)
     items = read_mmbench(BENCH_TSV)
     model, processor = vlm.load(model_path)
     started = time.perf_counter()
-    items, predictions, metrics = evaluation.run_benchmark(model, processor, items, settings, kind="mmbench",
-                                                           benchmark=benchmark,
-                                                           model_name=vlm.model_name(model_path), iteration=iteration)
+    items, predictions, metrics = evaluation.run_benchmark(
+        model, processor, items, settings, params.answer_format, kind="mmbench", benchmark=params.bench.name,
+        model_name=vlm.model_name(model_path), iteration=iteration)
     seconds = time.perf_counter() - started
-    single_round = [row for row in predictions if not row["rounds"]]
-    bad = evaluation.badcases(single_round, items, iteration, DATA_ROOT, source=BENCH_TSV.name,
-                              answer_format=settings.answer_format)
 
     # Timing stays out of the metrics file, so the same model and benchmark give the same file.
-    # Both suites pass before anything is written; the eval folder is published whole or not at all.
-    validate(predictions, "predictions", source=eval_dir / "predictions.parquet", iteration=iteration)
-    validate(bad, "badcases", source=eval_dir / "badcases.parquet", iteration=iteration, data_root=DATA_ROOT)
-    metrics["badcases"] = len(bad)
-    with atomic_path(eval_dir, directory=True) as tmp:
-        write_samples(predictions, tmp / "predictions.parquet", schema=prediction_schema())
-        write_samples(bad, tmp / "badcases.parquet")
-        write_json(metrics_path, metrics)
+    bad = evaluation.publish(DATA_ROOT / f"iter={iteration}" / "eval", items, predictions, metrics,
+                             iteration=iteration, answer_format=params.answer_format, source=BENCH_TSV.name,
+                             data_root=DATA_ROOT, metrics_path=Path("metrics") / "eval" / f"iter={iteration}.json")
     print(evaluation.format_table(metrics))
     print(f"evaluate iter={iteration}: {len(bad)} bad cases; {len(predictions) / seconds:.0f} items/s")
 

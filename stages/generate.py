@@ -1,40 +1,63 @@
-"""generate ITER: data/iter=ITER/queries.parquet -> generated.parquet, generated.tsv (its mcq items)."""
+"""generate ITER PREV: data/iter=ITER/queries.parquet -> generated.parquet, generated.tsv (its mcq items).
+
+The teacher (params generate.backend) writes samples for each query; the openai teacher also
+shows the bad cases of the previous model (data/iter=PREV/eval/badcases.parquet). A teacher
+whose requests keep failing stops the stage before anything is written.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from mmloop.generation import generate, mmbench_items
+from mmloop import config, stage
 from mmloop.io import write_json
-from mmloop.params import load_params
+from mmloop.loop import generation
 from mmloop.schema import read_samples, write_samples
 from mmloop.validation import validate
 
+PARAMS = ("seed", "loop.seed", "answer_format", "generate")
 DATA_ROOT = Path("data")
 
 
+def inputs(iteration: str, prev: str) -> list[str]:
+    return [f"data/iter={iteration}/queries.parquet", "data/images"]
+
+
+def param_deps(params: config.Params) -> list[str]:
+    """Files that these params make the stage read (DVC dep paths; ${item.prev} / ${key} allowed)."""
+    deps = list(params.generate.annotations)
+    if params.generate.backend == "openai":
+        deps += [params.generate.openai.prompt, "data/iter=${item.prev}/eval"]
+    return deps
+
+
 def main(argv: list[str]) -> None:
-    if len(argv) != 1:
-        raise SystemExit("usage: python stages/generate.py ITERATION")
-    iteration = argv[0]
-    params = load_params()
+    if len(argv) != 2:
+        raise SystemExit("usage: python stages/generate.py ITERATION PREVIOUS_ITERATION")
+    iteration, prev = argv
+    params = stage.begin(f"generate@{iteration}", PARAMS, param_deps=param_deps, preload=["great_expectations"])
     folder = DATA_ROOT / f"iter={iteration}"
-    queries = read_samples(folder / "queries.parquet")
-    rows, stats = generate(queries, params, iteration=iteration, data_root=DATA_ROOT)
+    rows, stats = generation.generate(
+        read_samples(folder / "queries.parquet"), params.generate, answer_format=params.answer_format,
+        seed=config.stage_seed(params.seed, "generate", iteration, params.loop.seed), iteration=iteration,
+        data_root=DATA_ROOT, badcases_path=DATA_ROOT / f"iter={prev}" / "eval" / "badcases.parquet")
 
     generated_path, tsv_path = folder / "generated.parquet", folder / "generated.tsv"
     validate(rows, "samples", source=generated_path, iteration=int(iteration), data_root=DATA_ROOT)
 
-    from mmloop.benchmark import write_mmbench
+    from mmloop.eval.benchmarks.mmbench import write_mmbench
 
     # Everything that can fail (validation, reading images for the TSV) happens before the first write.
-    items = mmbench_items(rows, data_root=DATA_ROOT)
+    items = generation.mmbench_items(rows, data_root=DATA_ROOT)
     write_samples(rows, generated_path)
     write_mmbench(items, tsv_path)
     write_json(Path("metrics/generate") / f"iter={iteration}.json", stats)
-    print(f"generate iter={iteration}: {stats['generated']} samples from {stats['requested']} queries "
-          f"({stats['skipped']} skipped)")
+    outcomes = stats["outcomes"]
+    print(f"generate iter={iteration}: {stats['samples']} samples from {stats['queries']} queries "
+          f"({outcomes['generated']} generated, {outcomes['skipped']} skipped by the teacher, "
+          f"{outcomes['parse_failed']} parse failures, {outcomes['request_failed']} request failures, "
+          f"{outcomes['duplicate']} duplicates)")
 
 
 if __name__ == "__main__":

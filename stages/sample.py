@@ -1,4 +1,4 @@
-"""sample ITER: Adaptive Bad-case Sampling -> data/iter=ITER/queries.parquet, metrics/sample/iter=ITER.json.
+"""sample ITER PREV: Adaptive Bad-case Sampling -> data/iter=ITER/queries.parquet, metrics/sample/iter=ITER.json.
 
 Reads the previous model's evaluation (predictions and bad cases), embeds the unlabeled
 pool and the bad-case images with CLIP, and picks one pool image per query.
@@ -8,48 +8,39 @@ import sys
 import time
 from pathlib import Path
 
-from mmloop import sampling
-from mmloop.clip import ClipScorer
+from mmloop import config, stage
 from mmloop.io import read_json, write_json
-from mmloop.params import iteration, load_params, stage_seed
+from mmloop.loop import sampling
+from mmloop.models.clip import ClipScorer
 from mmloop.schema import read_samples, write_samples
 from mmloop.validation import validate
 
+PARAMS = ("seed", "loop.seed", "sample", "clip.pretrained", "clip.threads")
 DATA_ROOT = "data"
 POOL = "data/world/instances_pool.json"
 BENCH_INSTANCES = "data/world/instances_bench.json"
 BENCH_TSV = "data/bench/bench.tsv"
 
 
-def load_pool(path: str, instances: dict) -> list[dict]:
-    pool = []
-    for position, image in enumerate(instances.get("images", [])):
-        for field in ("file_name", "sha256"):
-            if not image.get(field):
-                raise ValueError(f"{path}: images[{position}] (id {image.get('id')}) has no {field!r}")
-        pool.append({"image": image["file_name"], "image_sha256": image["sha256"]})
-    if not pool:
-        raise ValueError(f"{path}: the unlabeled pool has no images")
-    return pool
+def inputs(iteration: str, prev: str) -> list[str]:
+    return [f"data/iter={prev}/eval", BENCH_TSV, "data/world", "data/images", "models/clip"]
 
 
-def main() -> None:
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python stages/sample.py ITERATION")
-    name = sys.argv[1]
-    params = load_params()
-    prev = iteration(params, name)["prev"]
-    config = sampling.SamplingConfig.from_params(params)
+def main(argv: list[str]) -> None:
+    if len(argv) != 2:
+        raise SystemExit("usage: python stages/sample.py ITERATION PREVIOUS_ITERATION")
+    name, prev = argv
+    params = stage.begin(f"sample@{name}", PARAMS, preload=["open_clip", "great_expectations"])
     predictions_path = f"{DATA_ROOT}/iter={prev}/eval/predictions.parquet"
     badcases_path = f"{DATA_ROOT}/iter={prev}/eval/badcases.parquet"
     output = f"{DATA_ROOT}/iter={name}/queries.parquet"
     predictions = read_samples(predictions_path)
     badcases = read_samples(badcases_path)
     pool_instances = read_json(POOL)
-    pool = load_pool(POOL, pool_instances)
+    pool = sampling.load_pool(POOL, pool_instances)
 
     started = time.perf_counter()
-    scorer = ClipScorer.from_params(params, root=DATA_ROOT)
+    scorer = ClipScorer.selected(params.clip.pretrained, threads=params.clip.threads, root=DATA_ROOT)
     pool_embeddings = scorer.embed_images([row["image"] for row in pool], desc="clip pool")
     images = sampling.badcase_images(badcases, bench_tsv=BENCH_TSV, source=badcases_path)
     ids = sorted(images)
@@ -58,8 +49,8 @@ def main() -> None:
 
     records, summary = sampling.select_queries(
         predictions, badcases, pool, pool_embeddings, lambda case: badcase_embeddings[case["sample_id"]],
-        config=config, seed=stage_seed(params, "sample", name), iteration=int(name), pool_source=POOL,
-        clip_name=scorer.name, predictions_source=predictions_path)
+        config=params.sample, seed=config.stage_seed(params.seed, "sample", name, params.loop.seed),
+        iteration=int(name), pool_source=POOL, clip_name=scorer.name, predictions_source=predictions_path)
 
     # Do neighbours resemble the anchor? Only measurable where the world's annotations exist.
     if Path(BENCH_INSTANCES).is_file():
@@ -77,4 +68,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -1,32 +1,38 @@
-"""train ITER: LoRA on the previous model with this iteration's kept data plus replay
+"""train ITER PREV: LoRA on the previous model with this iteration's kept data plus replay
 -> models/iter=ITER, data/iter=ITER/replay_pool.parquet, metrics/train/iter=ITER.json."""
 
 import sys
 
-from mmloop import training, vlm
+from mmloop import config, stage
 from mmloop.io import atomic_path, write_json
-from mmloop.params import iteration, load_params, stage_seed
+from mmloop.loop import training
+from mmloop.models import vlm
 from mmloop.schema import read_samples, write_samples
+
+PARAMS = ("seed", "loop.seed", "train")
+
+
+def inputs(iteration: str, prev: str) -> list[str]:
+    return [f"models/iter={prev}", f"data/iter={prev}/replay_pool.parquet", f"data/iter={iteration}/kept.parquet",
+            "data/images"]
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 1:
-        raise SystemExit("usage: python stages/train.py ITERATION")
-    name = argv[0]
-    params = load_params()
-    section = params.get("train") or {}
-    prev = iteration(params, name)["prev"]
-    seed = stage_seed(params, "train", name) % (2**31)
+    if len(argv) != 2:
+        raise SystemExit("usage: python stages/train.py ITERATION PREVIOUS_ITERATION")
+    name, prev = argv
+    params = stage.begin(f"train@{name}", PARAMS, preload=["torch", "transformers", "peft"])
+    settings = params.train
+    seed = config.stage_seed(params.seed, "train", name, params.loop.seed) % (2**31)
     kept_path = f"data/iter={name}/kept.parquet"
     kept = read_samples(kept_path)
     pool = read_samples(f"data/iter={prev}/replay_pool.parquet")
-    replay = training.draw_replay(pool, len(kept), float(section.get("replay_ratio", 0.5)), seed=seed)
+    replay = training.draw_replay(pool, len(kept), settings.replay_ratio, seed=seed)
 
-    vlm.set_threads(int(section.get("threads", vlm.MAX_THREADS)))
+    vlm.set_threads(settings.threads)
     model, processor = vlm.load(f"models/iter={prev}", trainable=True)
     peft_model, stats = training.train_lora(
-        model, processor, kept + replay, training.TrainSettings.from_params(section, seed=seed),
-        training.LoraSettings.from_params(section), data_root="data", source=kept_path,
+        model, processor, kept + replay, settings, seed=seed, data_root="data", source=kept_path,
         checkpoint=f"models/.checkpoints/iter={name}.pt")  # a killed run resumes from here
     with atomic_path(f"models/iter={name}", directory=True) as folder:
         training.save_lora(peft_model, processor, folder)

@@ -8,7 +8,9 @@ parsing and validation code downstream runs on realistic text.
 
 Faults are injected per request with probability `fault_rate`: a 429 with
 Retry-After, a 500, a timeout (the server sleeps past the client's timeout and
-then answers 504), or garbage (a 200 whose body is not JSON). Every request is
+then answers 504), or garbage (a 200 whose body is not JSON). A share of
+contents (`failing_rate`) is never served: every request for it gets
+`failing_status`. Every request is
 counted per *content* (a hash of its messages), so a test can tell how many
 times the same request reached the server and how many times it was answered
 successfully, which is what "lost", "duplicated" and "sent again" are measured on.
@@ -54,6 +56,8 @@ class FaultConfig:
     messy_rate: float = 0.0         # share answered with fenced / trailing-comma / single-object JSON
     broken_rate: float = 0.0        # share answered with text that is not JSON at all
     finish_reason_length_rate: float = 0.0
+    failing_rate: float = 0.0        # share of contents always answered with failing_status
+    failing_status: int = 500
     batch_polls_until_done: int = 1  # batch retrievals before a batch reports "completed"
     seed: int = 0
     expected_key: str | None = None  # when set, requests without this bearer token get a 401
@@ -283,6 +287,10 @@ class OpenAIServer:
         counters.in_flight += 1
         counters.max_in_flight = max(counters.max_in_flight, counters.in_flight)
         try:
+            if _fraction(key, "failing") < self.config.failing_rate:
+                counters.faults[f"status_{self.config.failing_status}"] += 1
+                return web.json_response({"error": {"message": "this request always fails", "type": "server_error"}},
+                                         status=self.config.failing_status)
             if self._rng.random() < self.config.fault_rate:
                 kind = self._rng.choice(self.config.fault_kinds)
                 counters.faults[kind] += 1

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mmloop.answers import extract_choice, extract_yes_no
+from mmloop.eval.answers import extract_choice, extract_yes_no
 
 OPTIONS = ["red", "blue", "green", "dark red"]
 
@@ -99,3 +99,12 @@ def test_yes_no_judge():
     seen = []
     extract_yes_no("unclear", judge=lambda q, o, t: seen.append(o), question="Q")
     assert seen == [["yes", "no"]]
+
+
+def test_yes_no_is_defined_once():
+    from mmloop import questions
+    from mmloop.eval import answers, items, prompts
+    from mmloop.eval.benchmarks import records
+
+    assert answers.YES_NO is items.YES_NO is prompts.YES_NO is records.YES_NO is questions.YES_NO
+    assert prompts.YES_NO_REPLIES["option"] is questions.YES_NO

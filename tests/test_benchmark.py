@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmloop import benchmark, loaders, world
+from mmloop import config
+from mmloop.eval.benchmarks import mmbench
 from mmloop.io import read_json, sha256_bytes
 from mmloop.questions import FAMILIES, L2_CATEGORY
+from mmloop.world import benchmark
+from mmloop.world import scenes as world
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,8 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def bench_world(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench-world")
-    config = world.WorldConfig(splits={"bench": 60})
-    world.build(config, 3, root / "images", root / "world")
+    world.build(world.WorldConfig(splits={"bench": 60}), 3, root / "images", root / "world")
     return root, read_json(root / "world" / "instances_bench.json")
 
 
@@ -52,6 +54,18 @@ def test_items_are_deterministic_and_seeded(bench_world):
     assert [item["question"] for item in first] != [item["question"] for item in other]
 
 
+def test_mmbench_row_letters_the_answer_and_follows_the_category():
+    row = benchmark.mmbench_row(3, "How many circles are there?", ["2", "0", "1"], "1", "count", "aW1n",
+                                sample_id="gen-3")
+    assert row == {"index": 3, "question": "How many circles are there?", "hint": None, "answer": "C",
+                   "category": "count", "l2-category": "instance", "image": "aW1n", "sample_id": "gen-3",
+                   "A": "2", "B": "0", "C": "1"}
+    # A category that is no question family (a real benchmark's) is its own l2-category.
+    assert benchmark.mmbench_row(0, "q", ["x", "y"], "x", "ocr", "aW1n", hint="")["l2-category"] == "ocr"
+    with pytest.raises(ValueError):
+        benchmark.mmbench_row(0, "q", ["x", "y"], "z", "ocr", "aW1n")
+
+
 def test_too_few_images_is_a_clear_error(bench_world):
     root, instances = bench_world
     with pytest.raises(ValueError, match=r"bench\.json: only \d+ distinct 'size' questions .* 60 images"):
@@ -65,11 +79,11 @@ def test_round_trip(bench_world, tmp_path):
     for position, item in enumerate(items):
         item["sample_id"] = f"gen-{position}"
     path = tmp_path / "bench.tsv"
-    assert benchmark.write_mmbench(items, path) == len(items)
+    assert mmbench.write_mmbench(items, path) == len(items)
     header = path.read_text().splitlines()[0].split("\t")
     assert header == ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category",
                       "image", "sample_id"]
-    back = loaders.read_mmbench(path)
+    back = mmbench.read_mmbench(path)
     assert len(back) == len(items)
     shas = {image["sha256"] for image in instances["images"]}
     for original, read in zip(items, back):
@@ -87,7 +101,7 @@ def test_round_trip(bench_world, tmp_path):
     assert all(read["hint"] is None for read in back[1:])
 
 
-def _write(path, rows, columns=benchmark.COLUMNS):
+def _write(path, rows, columns=mmbench.COLUMNS):
     path.write_text("\n".join(["\t".join(columns)] + ["\t".join(str(row.get(c, "")) for c in columns) for row in rows])
                     + "\n")
 
@@ -105,34 +119,34 @@ def _row(index, **fields):
 def test_read_keeps_text_options_and_resolves_image_references(tmp_path):
     path = tmp_path / "mm.tsv"
     _write(path, [_row(0, C="NA"), _row(1, image="0", hint="nan")])
-    items = loaders.read_mmbench(path)
+    items = mmbench.read_mmbench(path)
     assert items[0]["options"] == ["red", "None", "NA"]  # no "NA"/"None" turned into NaN
     assert items[1]["image"] == items[0]["image"] == b"\x89PNG fake bytes"  # MMBench's image de-duplication
     assert items[0]["hint"] is None and items[1]["hint"] is None  # empty, and a NaN written as text
     _write(path, [_row(0, hint="Count only circles.")])
-    assert loaders.read_mmbench(path)[0]["hint"] == "Count only circles."
+    assert mmbench.read_mmbench(path)[0]["hint"] == "Count only circles."
 
 
 @pytest.mark.parametrize("rows, columns, message", [
-    ([_row(0)], [c for c in benchmark.COLUMNS if c != "answer"], r"mm\.tsv: missing column\(s\) 'answer'"),
-    ([_row(0), _row(7, answer="C")], benchmark.COLUMNS,
+    ([_row(0)], [c for c in mmbench.COLUMNS if c != "answer"], r"mm\.tsv: missing column\(s\) 'answer'"),
+    ([_row(0), _row(7, answer="C")], mmbench.COLUMNS,
      r"mm\.tsv: row 1 \(index '7'\): field 'answer': 'C' is not among the non-empty options A, B"),
-    ([_row(0), _row(1), _row(2, image="not base64!")], benchmark.COLUMNS,
+    ([_row(0), _row(1), _row(2, image="not base64!")], mmbench.COLUMNS,
      r"mm\.tsv: row 2 \(index '2'\): field 'image' is not valid base64"),
-    ([_row(0, image="")], benchmark.COLUMNS, r"row 0 \(index '0'\): field 'image' is empty"),
-    ([_row(0, A="", C="blue")], benchmark.COLUMNS, r"row 0 .*options must be 2 or more non-empty"),
-    ([_row(0, question=" ")], benchmark.COLUMNS, r"row 0 .*field 'question' is empty"),
+    ([_row(0, image="")], mmbench.COLUMNS, r"row 0 \(index '0'\): field 'image' is empty"),
+    ([_row(0, A="", C="blue")], mmbench.COLUMNS, r"row 0 .*options must be 2 or more non-empty"),
+    ([_row(0, question=" ")], mmbench.COLUMNS, r"row 0 .*field 'question' is empty"),
 ])
 def test_read_errors_name_file_row_and_field(tmp_path, rows, columns, message):
     path = tmp_path / "mm.tsv"
     _write(path, rows, columns)
     with pytest.raises(ValueError, match=message):
-        loaders.read_mmbench(path)
+        mmbench.read_mmbench(path)
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.tsv: benchmark TSV not found"):
-        loaders.read_mmbench(tmp_path / "nope.tsv")
+        mmbench.read_mmbench(tmp_path / "nope.tsv")
 
 
 def test_bench_stage(tmp_path, monkeypatch, capsys):
@@ -140,10 +154,9 @@ def test_bench_stage(tmp_path, monkeypatch, capsys):
     params["world"]["splits"] = {"bench": 40}
     params["bench"]["items_per_family"] = 6
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    config = world.WorldConfig.from_params(params["world"])
-    world.build(config, 0, tmp_path / "data" / "images", tmp_path / "data" / "world")
+    world.build(config.parse(params).world, 0, tmp_path / "data" / "images", tmp_path / "data" / "world")
     monkeypatch.chdir(tmp_path)
     runpy.run_path(str(REPO / "stages" / "bench.py"), run_name="__main__")
-    items = loaders.read_mmbench(tmp_path / "data" / "bench" / "bench.tsv")
+    items = mmbench.read_mmbench(tmp_path / "data" / "bench" / "bench.tsv")
     assert Counter(item["category"] for item in items) == {family: 6 for family in FAMILIES}
     assert "36 items" in capsys.readouterr().out

@@ -3,7 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from mmloop import clip
+from mmloop import config
+from mmloop.config import PretrainedClip, TinyClip
+from mmloop.models import clip
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 30), "blue": (30, 30, 220),
            "yellow": (230, 220, 30), "purple": (140, 30, 160), "orange": (240, 140, 20)}
@@ -28,7 +30,7 @@ def trained():
     images = [_scene(colour, shape) for colour, shape in pairs]
     captions = [f"a {colour} {shape}" for colour, shape in pairs]
     scorer, stats = clip.train_clip(images, [[caption] for caption in captions],
-                                    model_cfg=clip.tiny_model_cfg(MICRO_CFG), epochs=60, batch_size=12,
+                                    model_cfg=clip.tiny_model_cfg(TinyClip(**MICRO_CFG)), epochs=60, batch_size=12,
                                     lr=3e-3, warmup_steps=5, seed=0)
     return scorer, stats, images, captions
 
@@ -78,15 +80,15 @@ def test_pretrained_branch_is_chosen_from_params(monkeypatch, tmp_path):
         raise RuntimeError("no downloads in tests")
 
     monkeypatch.setattr(open_clip, "create_model_and_transforms", fake_create)
-    params = {"clip": {"pretrained": {"model": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"}}}
-    assert clip.clip_source(params)["kind"] == "pretrained"
+    pretrained = PretrainedClip(model="ViT-B-32", pretrained="laion2b_s34b_b79k")
+    assert clip.clip_source(pretrained)["kind"] == "pretrained"
     with pytest.raises(RuntimeError, match="no downloads"):
-        clip.ClipScorer.from_params(params, model_dir=tmp_path)
+        clip.ClipScorer.selected(pretrained, threads=1, model_dir=tmp_path)
     assert calls == [("ViT-B-32", "laion2b_s34b_b79k")]
     # Without the switch the trained model folder is used.
-    assert clip.clip_source({"clip": {"pretrained": None}}, tmp_path) == {"kind": "local", "path": str(tmp_path)}
+    assert clip.clip_source(None, tmp_path) == {"kind": "local", "path": str(tmp_path)}
     with pytest.raises(ValueError, match="clip.pretrained"):
-        clip.clip_source({"clip": {"pretrained": "ViT-B-32"}})
+        config.parse({"clip": {"pretrained": "ViT-B-32"}})
 
 
 def test_one_attribute_variants_change_exactly_one_word():

@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from mmloop import curation, questions, schema, world
+from mmloop import config, questions, schema
 from mmloop.io import sha256_file
+from mmloop.loop import curation
 from mmloop.validation import ValidationError, validate
+from mmloop.world import scenes as world
 
 WEIGHTS = {"colour": 0.24, "shape": 0.24, "size": 0.24, "existence": 0.24, "count": 0.02, "spatial": 0.02}
 REPO = Path(__file__).resolve().parents[1]
@@ -15,10 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def coco_world(folder: Path, images: int, seed: int = 1):
     """COCO instances/captions of `images` procedural scenes (hashes given, nothing rendered)."""
-    config = world.WorldConfig(splits={"seed": images})
-    scenes = world.generate(config, seed)["seed"]
+    world_config = world.WorldConfig(splits={"seed": images})
+    scenes = world.generate(world_config, seed)["seed"]
     shas = [f"{index:064x}" for index in range(len(scenes))]
-    instances, captions = world.coco_files("seed", scenes, shas, config)
+    instances, captions = world.coco_files("seed", scenes, shas, world_config)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "instances.json").write_text(json.dumps(instances))
     (folder / "captions.json").write_text(json.dumps(captions))
@@ -28,7 +30,14 @@ def coco_world(folder: Path, images: int, seed: int = 1):
 def params(sources, **settings):
     section = {"sources": sources, "turns_per_image": 6, "mcq_ratio": 0.75, "family_weights": dict(WEIGHTS)}
     section.update(settings)
-    return {"seed": 0, "curate": section}
+    return {"seed": 0, "answer_format": "letter", "curate": section}  # letter replies: the checks read them
+
+
+def curate(settings, data_root):
+    """The curate stage's call: typed params, the stage's seed."""
+    parsed = config.parse(settings)
+    return curation.curate(parsed.curate, answer_format=parsed.answer_format,
+                           seed=config.stage_seed(parsed.seed, "curate"), data_root=data_root)
 
 
 def coco_source(instances, captions=None):
@@ -42,7 +51,7 @@ def coco_source(instances, captions=None):
 def curated(tmp_path_factory):
     folder = tmp_path_factory.mktemp("coco")
     instances, captions, instances_dict, captions_dict = coco_world(folder, 300)
-    rows, stats = curation.curate(params([coco_source(instances, captions)]), data_root=folder)
+    rows, stats = curate(params([coco_source(instances, captions)]), data_root=folder)
     return rows, stats, instances_dict, captions_dict
 
 
@@ -64,11 +73,11 @@ def test_family_mix_follows_the_weights(curated):
 def test_weights_change_the_mix(tmp_path):
     instances, captions, _, _ = coco_world(tmp_path, 200)
     uniform = {family: 1.0 for family in questions.FAMILIES}
-    _, stats = curation.curate(params([coco_source(instances, captions)], family_weights=uniform),
+    _, stats = curate(params([coco_source(instances, captions)], family_weights=uniform),
                                data_root=tmp_path)
     assert stats["family_share"]["count"] > 0.12
     only = {"count": 1.0, "colour": 0.0}
-    rows, stats = curation.curate(params([coco_source(instances)], family_weights=only), data_root=tmp_path)
+    rows, stats = curate(params([coco_source(instances)], family_weights=only), data_root=tmp_path)
     assert set(family for family, count in stats["families"].items() if count) == {"count"}
     assert stats["formats"]["caption"] == 0
 
@@ -127,13 +136,13 @@ def test_answers_re_execute(curated):
 def test_deterministic_ids(tmp_path):
     instances, captions, _, _ = coco_world(tmp_path, 40)
     settings = params([coco_source(instances, captions)])
-    first, _ = curation.curate(settings, data_root=tmp_path)
-    second, _ = curation.curate(settings, data_root=tmp_path)
+    first, _ = curate(settings, data_root=tmp_path)
+    second, _ = curate(settings, data_root=tmp_path)
     assert first == second
     assert len({row["sample_id"] for row in first}) == 40
     assert all(row["sample_id"] == schema.make_sample_id(row["image_sha256"], row["conversations"], "seed")
                for row in first)
-    other, _ = curation.curate({**settings, "seed": 1}, data_root=tmp_path)
+    other, _ = curate({**settings, "seed": 1}, data_root=tmp_path)
     assert {row["sample_id"] for row in other}.isdisjoint({row["sample_id"] for row in first})
 
 
@@ -148,7 +157,7 @@ def test_families_that_cannot_be_asked_are_redrawn(tmp_path):
         (tmp_path / image["file_name"]).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / image["file_name"]).write_bytes(payload)
     instances.write_text(json.dumps(instances_dict))
-    rows, stats = curation.curate(params([coco_source(instances)]), data_root=tmp_path)
+    rows, stats = curate(params([coco_source(instances)]), data_root=tmp_path)
     assert stats["samples"] == 30 and stats["turns"] == 180
     assert stats["families"]["colour"] == stats["families"]["shape"] == stats["families"]["size"] == 0
     assert stats["families"]["existence"] > 0
@@ -162,7 +171,7 @@ def test_missing_image_file_without_sha(tmp_path):
     del instances_dict["images"][1]["sha256"]
     instances.write_text(json.dumps(instances_dict))
     with pytest.raises(FileNotFoundError, match=r"instances\.json: images\[1\] \(id 2\): field 'image'"):
-        curation.curate(params([coco_source(instances)]), data_root=tmp_path)
+        curate(params([coco_source(instances)]), data_root=tmp_path)
 
 
 def test_caption_for_unknown_image(tmp_path):
@@ -171,7 +180,7 @@ def test_caption_for_unknown_image(tmp_path):
     captions_dict["annotations"][4]["image_id"] = 99
     captions.write_text(json.dumps(captions_dict))
     with pytest.raises(ValueError, match=r"captions\.json: annotations\[4\] .*image_id 99"):
-        curation.curate(params([coco_source(instances, captions)]), data_root=tmp_path)
+        curate(params([coco_source(instances, captions)]), data_root=tmp_path)
 
 
 # ---------------------------------------------------------------- LLaVA JSON
@@ -200,7 +209,7 @@ GOOD = [
 
 def test_llava_records(tmp_path):
     data_root, source = llava_setup(tmp_path, GOOD)
-    rows, stats = curation.curate(params([source]), data_root=data_root)
+    rows, stats = curate(params([source]), data_root=data_root)
     first, second = rows
     assert first["image"] == "llava/a.png"
     assert first["image_sha256"] == sha256_file(data_root / "llava" / "a.png")
@@ -238,7 +247,7 @@ def _broken(change):
 def test_llava_errors_name_file_record_and_field(tmp_path, change, error, message):
     data_root, source = llava_setup(tmp_path, _broken(change))
     with pytest.raises(error) as info:
-        curation.curate(params([source]), data_root=data_root)
+        curate(params([source]), data_root=data_root)
     text = str(info.value)
     assert text.startswith(f"{source['path']}: record 1 (id 'r1')")
     assert re.search(message, text), text
@@ -247,28 +256,31 @@ def test_llava_errors_name_file_record_and_field(tmp_path, change, error, messag
 def test_llava_file_not_a_list(tmp_path):
     data_root, source = llava_setup(tmp_path, {"id": "x"})
     with pytest.raises(ValueError, match=r"llava\.json: LLaVA JSON must be a list"):
-        curation.curate(params([source]), data_root=data_root)
+        curate(params([source]), data_root=data_root)
 
 
 # ---------------------------------------------------------------- params
 
 @pytest.mark.parametrize(("settings", "message"), [
-    ({"sources": [{"kind": "sharegpt", "path": "x.json"}]}, r"curate\.sources\[0\]\.kind must be one of coco, llava"),
-    ({"sources": [{"kind": "coco"}]}, r"curate\.sources\[0\]\.instances is required"),
-    ({"sources": [{"kind": "llava", "path": "x.json"}]}, r"curate\.sources\[0\]\.image_folder is required"),
-    ({"sources": []}, r"curate\.sources must be a non-empty list"),
-    ({"family_weights": {"colour": -1.0, "count": 1.0}}, r"curate\.family_weights\.colour must be a non-negative"),
-    ({"family_weights": {"colour": 0.0, "count": 0}}, r"curate\.family_weights gives no family a positive weight"),
-    ({"family_weights": {"color": 1.0}}, r"curate\.family_weights has unknown family\(ies\) \['color'\]"),
-    ({"family_weights": [1, 2]}, r"curate\.family_weights must be a mapping"),
-    ({"mcq_ratio": 1.5}, r"curate\.mcq_ratio must be a number in \[0, 1\]"),
-    ({"turns_per_image": 0}, r"curate\.turns_per_image must be a positive integer"),
-    ({"turn_per_image": 3}, r"curate has unknown key\(s\) \['turn_per_image'\]"),
+    ({"sources": [{"kind": "sharegpt", "path": "x.json"}]},
+     r"curate\.sources\.0: Input tag 'sharegpt' .* expected tags: 'coco', 'llava'"),
+    ({"sources": [{"kind": "coco"}]}, r"curate\.sources\.0\.coco\.instances: Field required"),
+    ({"sources": [{"kind": "llava", "path": "x.json"}]}, r"curate\.sources\.0\.llava\.image_folder: Field required"),
+    ({"sources": []}, r"curate\.sources: List should have at least 1 item"),
+    ({"family_weights": {"colour": -1.0, "count": 1.0}},
+     r"curate\.family_weights: .*must be non-negative, got \{'colour': -1\.0\}"),
+    ({"family_weights": {"colour": 0.0, "count": 0}}, r"curate\.family_weights: .*no family has a positive weight"),
+    ({"family_weights": {"color": 1.0}},
+     r"curate\.family_weights: .*unknown family\(ies\) \['color'\] \(known: colour, shape, size, existence"),
+    ({"family_weights": [1, 2]}, r"curate\.family_weights: Input should be a valid dictionary"),
+    ({"mcq_ratio": 1.5}, r"curate\.mcq_ratio: Input should be less than or equal to 1 \(got 1\.5\)"),
+    ({"turns_per_image": 0}, r"curate\.turns_per_image: Input should be greater than or equal to 1 \(got 0\)"),
+    ({"turn_per_image": 3}, r"curate\.turn_per_image: Extra inputs are not permitted"),
 ])
 def test_params_errors(settings, message):
     section = {"sources": [{"kind": "coco", "instances": "i.json"}], **settings}
-    with pytest.raises(ValueError, match=r"^params\.yaml: " + message):
-        curation.curate({"seed": 0, "curate": section}, data_root="data")
+    with pytest.raises(ValueError, match=r"^params\.yaml: 1 invalid parameter\(s\):\n  " + message):
+        curate({"seed": 0, "curate": section}, data_root="data")
 
 
 # ---------------------------------------------------------------- validation and the stage
@@ -276,8 +288,7 @@ def test_params_errors(settings, message):
 @pytest.fixture()
 def rendered(tmp_path, monkeypatch):
     """A real (small) world under tmp_path/data, params.yaml pointing at it, cwd = tmp_path."""
-    config = world.WorldConfig(splits={"seed": 12})
-    world.build(config, 5, tmp_path / "data" / "images", tmp_path / "data" / "world")
+    world.build(world.WorldConfig(splits={"seed": 12}), 5, tmp_path / "data" / "images", tmp_path / "data" / "world")
     monkeypatch.chdir(tmp_path)
     settings = params([coco_source("data/world/instances_seed.json", "data/world/captions_seed.json")])
     import yaml
@@ -287,7 +298,7 @@ def rendered(tmp_path, monkeypatch):
 
 
 def test_validation_passes_and_catches_a_bad_hash(rendered):
-    rows, _ = curation.curate(rendered, data_root="data")
+    rows, _ = curate(rendered, data_root="data")
     assert len(rows) == 12
     validate(rows, "samples", source="data/seed/samples.parquet", iteration=0, data_root="data")
     rows[3]["image_sha256"] = "0" * 64

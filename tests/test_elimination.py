@@ -1,10 +1,11 @@
-import json
 from pathlib import Path
 
 import pytest
 
-from mmloop import elimination, schema
-from mmloop.elimination import eliminate
+from mmloop import questions, schema
+from mmloop.config import EliminateConfig
+from mmloop.loop import elimination
+from mmloop.loop.elimination import eliminate
 
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
 COLOURS_BY_HUE = ("red", "orange", "yellow", "green", "blue", "purple")
@@ -54,7 +55,8 @@ def test_exact_duplicate_and_near_duplicate_paraphrase(embedder):
         short_row("gen-d", "img2", "What colour is the circle?", "red", "The circle is red."),     # other image
         short_row("gen-e", "img1", "How many squares are there?", "2", "There are 2 squares."),   # other question
     ]
-    result = eliminate(rows, objects_by_sha={}, embedder=embedder, near_duplicate=0.95)
+    result = eliminate(rows, objects_by_sha={}, embedder=embedder,
+                       settings=EliminateConfig(near_duplicate=0.95))
     verdicts = {row["sample_id"]: (row["kept"], row["reject_reason"]) for row in result.rows}
     assert verdicts == {"gen-a": (True, None), "gen-b": (False, "duplicate"), "gen-c": (False, "near_duplicate"),
                         "gen-d": (True, None), "gen-e": (True, None)}
@@ -77,7 +79,7 @@ def test_clip_rejects_mismatched_caption_with_given_threshold():
     rows = [short_row(f"gen-{colour}", f"{colour}-img", "What colour is the circle?", colour,
                       f"The circle is {colour}.") for colour in COLOURS[:4]]
     rows.append(short_row("gen-wrong", "red-img2", "What colour is the square?", "blue", "The square is blue."))
-    result = eliminate(rows, objects_by_sha={}, scorer=ColourScorer(), clip_min=0.5)
+    result = eliminate(rows, objects_by_sha={}, scorer=ColourScorer(), settings=EliminateConfig(clip_min=0.5))
     rejected = {row["sample_id"]: row["reject_reason"] for row in result.rejected}
     assert rejected == {"gen-wrong": "clip_low"}
     assert result.clip_min_source == "params"
@@ -89,7 +91,8 @@ def test_clip_threshold_calibrated_on_mismatched_pairs():
                       COLOURS[index % 6], f"The circle is {COLOURS[index % 6]}.") for index in range(24)]
     # Its own image is red and the statement says green: it fits worse than a typical other image does.
     rows.append(short_row("gen-wrong", "red-img99", "What colour is the square?", "green", "The square is green."))
-    result = eliminate(rows, objects_by_sha={}, scorer=ColourScorer())
+    result = eliminate(rows, objects_by_sha={}, scorer=ColourScorer(),
+                       settings=EliminateConfig(clip_mismatch_quantile=0.5))
     assert result.clip_min_source == "calibrated"
     # Statements against other images score 1, 0.5, -0.5 or -1 here: the median lies between.
     assert -0.9 < result.clip_min < 0.9
@@ -120,13 +123,10 @@ def test_statement_uses_full_sentence_or_question_and_answer():
 
 
 def test_wrong_answer_is_rejected_as_answer_mismatch(tmp_path):
-    pytest.importorskip("mmloop.questions", reason="questions.py (another worker's module) is not written yet")
     from test_generation import run
 
-    from mmloop import generation
-
     (rows, _), path = run(tmp_path)
-    objects = generation.load_objects([path], tmp_path)
+    objects = questions.read_objects([path])
     victim = dict(rows[0])
     options = list(victim["options"]) or ["not the answer"]
     victim["answer"] = next(option for option in options + ["not the answer"] if option != victim["answer"])

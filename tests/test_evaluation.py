@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmloop import benchmark, evaluation, loaders, metrics, questions, vlm, world
+from mmloop import config, questions
+from mmloop.eval import evaluation, metrics, prompts, scoring
+from mmloop.eval.benchmarks import BENCHMARKS, lookup
+from mmloop.eval.benchmarks.mmbench import read_mmbench, write_mmbench
+from mmloop.eval.items import candidates, circular_copies, normalise_item
+from mmloop.models import vlm
+from mmloop.world import benchmark
+from mmloop.world import scenes as world
 from mmloop.io import read_json
 from mmloop.questions import FAMILIES, mcq_prompt
 from mmloop.report import collect
@@ -31,22 +38,32 @@ def setup(tmp_path_factory):
     made = benchmark.make_items(read_json(root / "data" / "world" / "instances_bench.json"), 3, seed=0,
                                 data_root=root / "data")
     made[0]["hint"] = "Look closely."
-    benchmark.write_mmbench(made, root / "data" / "bench" / "bench.tsv")
-    items = loaders.read_mmbench(root / "data" / "bench" / "bench.tsv")
+    write_mmbench(made, root / "data" / "bench" / "bench.tsv")
+    items = read_mmbench(root / "data" / "bench" / "bench.tsv")
     texts = [f"{item['question']} {' '.join(item['options'])}" for item in items]
     # The yes/no replies, the harness suffix and the generic instructions are words the model knows.
-    texts += ["Yes No", evaluation.SHORT_SUFFIX, *evaluation.GENERIC_INSTRUCTIONS]
+    texts += ["Yes No", prompts.SHORT_SUFFIX, *prompts.GENERIC_INSTRUCTIONS]
     model, processor = vlm.build(texts, seed=0)
     # One thread: with other jobs on the cores, two OpenMP threads wait on each other at every op.
     vlm.set_threads(1)
     return root, items, model, processor
 
 
-def run(setup, **kwargs):
-    _, items, model, processor = setup
-    kwargs.setdefault("batch_size", 4)
-    return evaluation.evaluate(model, processor, items, model_name="models/iter=0", iteration=0,
-                               benchmark="shapes", **kwargs)
+# evaluate's own keywords; every other option is an `EvaluateConfig` field.
+EVALUATE_KEYWORDS = ("method", "convention", "round_max_new_tokens")
+
+
+def evaluate_items(setup, items, answer_format="letter", **options):
+    """`evaluation.evaluate` of `items` on the setup's model, in batches of 4 unless told."""
+    _, _, model, processor = setup
+    keywords = {key: options.pop(key) for key in EVALUATE_KEYWORDS if key in options}
+    settings = config.EvaluateConfig(**{"batch_size": 4, **options})
+    return evaluation.evaluate(model, processor, items, settings, answer_format, benchmark="shapes",
+                               model_name="models/iter=0", iteration=0, **keywords)
+
+
+def run(setup, **options):
+    return evaluate_items(setup, setup[1], **options)
 
 
 def reference_scores(model, processor, item):
@@ -142,7 +159,7 @@ def favouring(model, processor, token):
         handle.remove()
 
 
-@pytest.mark.parametrize("method", evaluation.METHODS)
+@pytest.mark.parametrize("method", scoring.METHODS)
 def test_a_model_that_always_says_b_gets_exactly_the_b_items_right(setup, method):
     _, items, model, processor = setup
     with favouring(model, processor, "B"):
@@ -184,9 +201,11 @@ def test_badcases(setup, tmp_path):
 
 
 def test_evaluate_stage_and_the_cli_give_the_same_numbers(setup, monkeypatch, capsys):
-    from mmloop import cli
+    from mmloop import cli, stage
 
     root, items, model, processor = setup
+    started = []  # the stage's start-up record, written at exit into the cwd of that time: not here
+    monkeypatch.setattr(stage, "_record_startup", lambda name, seconds: started.append(name))
     vlm.save(model, processor, root / "models" / "iter=2")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["evaluate"].update(batch_size=8, threads=1, circular=True, rounds=1)
@@ -197,7 +216,7 @@ def test_evaluate_stage_and_the_cli_give_the_same_numbers(setup, monkeypatch, ca
     stage_out = capsys.readouterr().out
     predictions = read_samples(root / "data" / "iter=2" / "eval" / "predictions.parquet")
     cases = read_samples(root / "data" / "iter=2" / "eval" / "badcases.parquet")
-    scored = loaders.circular_copies(items)
+    scored = circular_copies(items)
     assert len(scored) > len(items)  # every rotation of every item
     later = [row for row in predictions if row["rounds"]]
     assert sum(not row["rounds"] for row in predictions) == len(scored)
@@ -213,7 +232,7 @@ def test_evaluate_stage_and_the_cli_give_the_same_numbers(setup, monkeypatch, ca
     # the multi-round block covers the items that had another question on their image
     assert result["multi_round"]["exact_match"]["n"] == len(later)
     assert result["multi_round"]["single_round_same_items"]["n"] == len(later)
-    assert result["convention"]["mcq_suffix"] == evaluation.MCQ_SUFFIX
+    assert result["convention"]["mcq_suffix"] == questions.MCQ_SUFFIX
     history = collect(root / "metrics" / "eval")
     assert history[0]["iteration"] == 2 and history[0]["overall"] == result["overall"]
 
@@ -226,6 +245,38 @@ def test_evaluate_stage_and_the_cli_give_the_same_numbers(setup, monkeypatch, ca
     assert table in stage_out and table in cli_out
     assert "circular" in table and "1-round" in table
     assert json.loads((out / "metrics.json").read_text()) == result
+    assert started == ["evaluate@2"]
+
+
+def test_cli_refuses_to_publish_invalid_output(setup, tmp_path, capsys):
+    """Store images whose bytes do not match their hash: the bad cases fail their suite, so
+    `mmloop eval --out` writes nothing; with the right store the same run publishes."""
+    from mmloop import cli
+    from mmloop.world.scenes import image_path
+
+    root, items, model, processor = setup
+    vlm.save(model, processor, tmp_path / "model")
+    for item in items:
+        corrupt = tmp_path / "corrupt" / image_path(item["image_sha256"])
+        corrupt.parent.mkdir(parents=True, exist_ok=True)
+        corrupt.write_bytes(b"not the image")
+    out = tmp_path / "published" / "eval"
+    command = ["eval", "--model", str(tmp_path / "model"), "--bench", str(root / "data" / "bench" / "bench.tsv"),
+               "--name", "shapes", "--params", str(tmp_path / "no-params.yaml"), "--threads", "1",
+               "--out", str(out)]
+    assert cli.main([*command, "--data-root", str(tmp_path / "corrupt")]) == 1
+    error = capsys.readouterr().err
+    assert f"mmloop eval: not written to {out}" in error and "suite 'badcases' failed" in error
+    assert "check_image_sha256_matches" in error
+    assert not (tmp_path / "published").exists()  # nothing at all: no folder, no temporary one
+
+    assert cli.main([*command, "--data-root", str(root / "data")]) == 0
+    assert sorted(path.name for path in out.parent.iterdir()) == ["eval"]
+    assert sorted(path.name for path in out.iterdir()) == ["badcases.parquet", "metrics.json", "predictions.parquet"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    # Without a params file the harness convention (letter replies) and EvaluateConfig's defaults apply.
+    assert metrics["answer_format"] == "letter" and metrics["mode"] == "loglik" and "circular" not in metrics
+    assert metrics["badcases"] == len(read_samples(out / "badcases.parquet")) > 0
 
 
 class WordTokenizer:
@@ -241,7 +292,7 @@ class WordTokenizer:
 
 def test_continuations_merged_with_the_prompt_are_rescored():
     tokenizer = WordTokenizer()
-    continuations = evaluation._Continuations(tokenizer, {"A": "A", "B": "B"})
+    continuations = scoring.Continuations(tokenizer, {"A": "A", "B": "B"})
     context = "USER: q Answer with the option's letter from the given choices directly. ASSISTANT:"
     ids = tokenizer([context])["input_ids"][0]
     drop, letters = continuations.split(context, ids)
@@ -250,7 +301,7 @@ def test_continuations_merged_with_the_prompt_are_rescored():
     assert len(continuations.cache) == 1  # the tail after the MCQ suffix is tokenised once
     # Ids that do not end with the cached tail are split per item (same answer here).
     assert continuations.split(context, ids + [999]) == (1, letters)
-    spaced = evaluation._Continuations(tokenizer, {"A": " A", "B": " B"})
+    spaced = scoring.Continuations(tokenizer, {"A": " A", "B": " B"})
     single = {key: tokenizer([key])["input_ids"][0] for key in "AB"}
     assert spaced.split(context, ids) == (0, single)
 
@@ -259,14 +310,14 @@ def test_dropped_prompt_tokens_add_the_same_term_to_every_option(setup, monkeypa
     """Rescoring the prompt's last token with each option (what a merging tokenizer needs) shifts
     every option of an item by the same log-probability, and goes through the per-option path."""
     expected = run(setup)
-    split = evaluation._Continuations.split
+    split = scoring.Continuations.split
 
     def merged(self, context, ids):
         drop, letters = split(self, context, ids)
         return drop + 1, {key: [ids[-1], *value] for key, value in letters.items()}
 
-    monkeypatch.setattr(evaluation._Continuations, "split", merged)
-    monkeypatch.setattr(evaluation, "_score_next_token", None)  # must not be used
+    monkeypatch.setattr(scoring.Continuations, "split", merged)
+    monkeypatch.setattr(scoring, "score_next_token", None)  # must not be used
     got = run(setup, batch_size=5)
     for a, b in zip(expected, got):
         shifts = [y - x for x, y in zip(a["option_scores"], b["option_scores"])]
@@ -313,20 +364,13 @@ def crowded(setup, tmp_path_factory):
     world.build(world.WorldConfig(splits={"bench": 4}), 2, root / "data" / "images", root / "data" / "world")
     made = benchmark.make_items(read_json(root / "data" / "world" / "instances_bench.json"), 2, seed=2,
                                 data_root=root / "data")
-    benchmark.write_mmbench(made, root / "bench.tsv")
-    items = loaders.read_mmbench(root / "bench.tsv")
+    write_mmbench(made, root / "bench.tsv")
+    items = read_mmbench(root / "bench.tsv")
     yes_no = [bench_item(**{**item, "index": f"yn-{item['index']}", "answer_type": "yes_no", "options": [],
                             "answer": item["options"]["AB".index(item["answer"])], "group": None})
               for item in items if item["category"] == "existence"]
     lone = dict(setup[1][1], index="lone")  # an image with no other item
     return items + yes_no + [lone]
-
-
-def evaluate_items(setup, items, **kwargs):
-    _, _, model, processor = setup
-    kwargs.setdefault("batch_size", 4)
-    return evaluation.evaluate(model, processor, items, model_name="models/iter=0", iteration=0,
-                               benchmark="shapes", **kwargs)
 
 
 def without_latency(rows):
@@ -382,47 +426,49 @@ def test_older_item_dicts_without_the_new_fields_still_work(setup):
 
 def test_default_convention_writes_mcq_prompt_byte_for_byte(setup):
     _, items, _, _ = setup
-    for convention in (evaluation.PromptConvention(), evaluation.conventions_for("mmbench"),
-                       evaluation.conventions_for("jsonl")):
+    for convention in (prompts.PromptConvention(), lookup("mmbench").convention,
+                       lookup("jsonl").convention):
         for item in items:
             for answer_format in ("letter", "option"):
                 expected = mcq_prompt(item["question"], item["options"], item["hint"], answer_format)
                 assert convention.mcq(item["question"], item["options"], item["hint"], answer_format) == expected
-                assert evaluation.user_prompt(item, answer_format, convention) == expected
+                assert prompts.user_prompt(item, answer_format, convention) == expected
 
 
 def test_conventions_for_each_benchmark_kind():
-    assert set(evaluation.CONVENTIONS) == {"mmbench", "pope", "mme", "aokvqa", "seedbench", "jsonl"}
-    seed = evaluation.conventions_for("SEEDBench")
+    assert set(BENCHMARKS) == {"mmbench", "pope", "mme", "aokvqa", "seedbench", "jsonl"}
+    seed = lookup("SEEDBench").convention
     assert seed.mcq("What is it?", ["a cat", "a dog"]) == (
         "What is it?\nA. a cat\nB. a dog\nAnswer with the option's letter from the given choices directly.")
-    assert evaluation.conventions_for("aokvqa").options_header is False
+    assert lookup("aokvqa").convention.options_header is False
     assert seed.mcq("Q?", ["x", "y"], answer_format="option").endswith(questions.MCQ_SUFFIXES["option"])
-    pope = evaluation.conventions_for("pope")
+    pope = lookup("pope").convention
     assert pope.yes_no("Is there a dog in the image?") == (
         "Is there a dog in the image?\nAnswer the question using a single word or phrase.")
     assert pope.yes_no("Is it red?", "Look left.") == (
         "Hint: Look left.\nIs it red?\nAnswer the question using a single word or phrase.")
-    mme = evaluation.conventions_for("mme")
+    mme = lookup("mme").convention
     assert mme.yes_no("Is this a cat? Please answer yes or no.") == (
         "Is this a cat?\nAnswer the question using a single word or phrase.")
-    after = evaluation.PromptConvention(hint_first=False, options_header=False, mcq_suffix="")
+    after = prompts.PromptConvention(hint_first=False, options_header=False, mcq_suffix="")
     assert after.mcq("Q?", ["x", "y"], "h") == "Q?\nHint: h\nA. x\nB. y"
     assert json.loads(json.dumps(mme.as_dict())) == {
-        "name": "mme", "mcq_suffix": questions.MCQ_SUFFIX, "short_suffix": evaluation.SHORT_SUFFIX,
-        "yes_no_suffix": evaluation.SHORT_SUFFIX, "hint_first": True, "options_header": True,
+        "name": "mme", "mcq_suffix": questions.MCQ_SUFFIX, "short_suffix": prompts.SHORT_SUFFIX,
+        "yes_no_suffix": prompts.SHORT_SUFFIX, "hint_first": True, "options_header": True,
         "strip_from_question": ["Please answer yes or no."]}
     with pytest.raises(dataclasses.FrozenInstanceError):
         mme.hint_first = False
     with pytest.raises(ValueError, match="unknown benchmark kind 'vqav2'"):
-        evaluation.conventions_for("vqav2")
+        lookup("vqav2")
+    for name, entry in BENCHMARKS.items():  # each format's module names its own convention
+        assert entry.name == entry.convention.name == name and entry.read.__name__ == f"read_{name}"
 
 
 def test_convention_changes_the_scored_prompt(crowded, setup):
     items = [item for item in crowded if item["answer_type"] == "mcq"][:4]
-    rows = evaluate_items(setup, items, convention=evaluation.conventions_for("seedbench"))
+    rows = evaluate_items(setup, items, convention=lookup("seedbench").convention)
     for row, item in zip(rows, items):
-        assert row["prompt"] == evaluation.conventions_for("seedbench").mcq(item["question"], item["options"])
+        assert row["prompt"] == lookup("seedbench").convention.mcq(item["question"], item["options"])
         assert "Options:" not in row["prompt"]
 
 
@@ -433,7 +479,7 @@ def test_yes_no_items_score_yes_and_no_like_full_sequences(crowded, setup):
     for answer_format, replies in (("letter", ["Yes", "No"]), ("option", ["yes", "no"])):
         rows = evaluate_items(setup, items, answer_format=answer_format, batch_size=3)
         for row, item in zip(rows, items):
-            user = evaluation.conventions_for("pope").yes_no(item["question"])
+            user = lookup("pope").convention.yes_no(item["question"])
             assert row["prompt"] == user and row["options"] == [] and row["answer_type"] == "yes_no"
             assert row["option_scores"] == pytest.approx(
                 reference_reply_scores(model, processor, item, user, replies), abs=1e-4)
@@ -469,13 +515,13 @@ def test_auto_scores_multi_token_replies_on_the_shared_prefix(setup, monkeypatch
     _, items, _, _ = setup
     expected = run(setup, method="per_option", answer_format="option")
     calls = []
-    per_option = evaluation._score_per_option
+    per_option = scoring.score_per_option
 
     def counted(model, encoded, lengths, *args):
         calls.append(len(lengths))
         return per_option(model, encoded, lengths, *args)
 
-    monkeypatch.setattr(evaluation, "_score_per_option", counted)
+    monkeypatch.setattr(scoring, "score_per_option", counted)
     got = run(setup, answer_format="option", batch_size=5)
     assert calls == [1]
     for a, b in zip(expected, got):
@@ -488,7 +534,7 @@ def test_shared_prefix_falls_back_where_it_raises_or_disagrees(setup, monkeypatc
     def unsupported(cache, index):
         raise NotImplementedError("no cache selection here")
 
-    monkeypatch.setattr(evaluation, "_select_cache", unsupported)
+    monkeypatch.setattr(scoring, "select_cache", unsupported)
     with pytest.warns(UserWarning, match="shared-prefix scoring does not work.*no cache selection"):
         got = run(setup, answer_format="option")
     for a, b in zip(expected, got):
@@ -497,8 +543,8 @@ def test_shared_prefix_falls_back_where_it_raises_or_disagrees(setup, monkeypatc
         run(setup, answer_format="option", method="shared_prefix")
     monkeypatch.undo()
 
-    shared = evaluation._score_shared_prefix
-    monkeypatch.setattr(evaluation, "_score_shared_prefix",
+    shared = scoring.score_shared_prefix
+    monkeypatch.setattr(scoring, "score_shared_prefix",
                         lambda *args: [[score + 1.0 for score in row] for row in shared(*args)])
     with pytest.warns(UserWarning, match="differ from the per-option path"):
         got = run(setup, answer_format="option")
@@ -519,11 +565,21 @@ def test_generate_batched_equals_unbatched_and_restores_padding(crowded, setup):
     for row, item in zip(batched, items):
         assert row["mode"] == "generate" and row["option_scores"] == [] and isinstance(row["raw_output"], str)
         assert row["extracted_by"] in STEPS and row["latency_ms"] > 0
-        assert row["prediction"] in (*evaluation._candidates(evaluation.normalise_item(item)), "none")
+        assert row["prediction"] in (*candidates(normalise_item(item)), "none")
         assert row["correct"] == (row["prediction"] == item["answer"])
 
 
-def test_generate_extracts_the_answer_and_passes_the_judge(crowded, setup):
+JUDGE_MODULE = '''
+asked = []
+
+
+def judge(question, options, text):
+    asked.append((question, list(options), text))
+    return "C" if len(options) > 2 else "no"
+'''
+
+
+def test_generate_extracts_the_answer_and_passes_the_judge(crowded, setup, tmp_path, monkeypatch):
     _, _, model, processor = setup
     mcq = [item for item in crowded if item["answer_type"] == "mcq"][:4]
     with favouring(model, processor, "B"):
@@ -534,18 +590,17 @@ def test_generate_extracts_the_answer_and_passes_the_judge(crowded, setup):
                               mode="generate", max_new_tokens=1)
     assert {(row["raw_output"], row["prediction"], row["extracted_by"]) for row in rows} == {("yes", "yes", "yes_no")}
 
-    asked = []
-
-    def judge(question, options, text):
-        asked.append((question, list(options), text))
-        return "C" if len(options) > 2 else "no"
-
+    # The judge is named the way params name it: "package.module:function".
+    (tmp_path / "eval_judge.py").write_text(JUDGE_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
     mixed = mcq[:2] + [item for item in crowded if item["answer_type"] == "yes_no"][:1]
     with favouring(model, processor, "image"):  # a word that is neither a letter nor an option
-        rows = evaluate_items(setup, mixed, mode="generate", max_new_tokens=1, judge=judge)
+        rows = evaluate_items(setup, mixed, mode="generate", max_new_tokens=1, judge="eval_judge:judge")
     assert [row["raw_output"] for row in rows] == ["image"] * 3
     assert [row["extracted_by"] for row in rows] == ["judge"] * 3
-    assert sorted(question for question, *_ in asked) == sorted(item["question"] for item in mixed)
+    import eval_judge
+
+    assert sorted(question for question, *_ in eval_judge.asked) == sorted(item["question"] for item in mixed)
     for row, item in zip(rows, mixed):
         assert row["prediction"] == ("C" if len(item["options"]) > 2 else "B" if item["options"] else "no")
 
@@ -563,7 +618,7 @@ def expected_same_image_history(items, position, k, answer_format="letter"):
     for p in chosen:
         other = items[p]
         if other["answer_type"] == "yes_no":
-            user = evaluation.conventions_for("pope").yes_no(other["question"], other["hint"])
+            user = lookup("pope").convention.yes_no(other["question"], other["hint"])
             reply = {"yes": "Yes", "no": "No"}[other["answer"]]
         else:
             user = mcq_prompt(other["question"], other["options"], other["hint"], answer_format)
@@ -575,7 +630,7 @@ def expected_same_image_history(items, position, k, answer_format="letter"):
 def test_rounds_zero_is_the_single_round_evaluation(crowded, setup):
     for mode in ("loglik", "generate"):
         single = evaluate_items(setup, crowded, mode=mode, max_new_tokens=3)
-        for source in evaluation.ROUND_SOURCES:
+        for source in config.ROUND_SOURCES:
             assert without_latency(evaluate_items(setup, crowded, mode=mode, max_new_tokens=3, rounds=0,
                                                   round_source=source)) == without_latency(single)
 
@@ -591,14 +646,14 @@ def test_same_image_rounds_put_other_items_first(crowded, setup):
         assert row["rounds"] == len(history)
         if history:
             assert row["prompt"] != one["prompt"] and row["prompt"].endswith(f"\nUSER: {one['prompt']}")
-            assert row["prompt"] == evaluation.recorded_prompt(history, one["prompt"])
+            assert row["prompt"] == prompts.recorded_prompt(history, one["prompt"])
         else:
             assert row["prompt"] == one["prompt"]
     assert 2 in counts and min(counts) < 2, "the bench should have images with 3+ items and some with fewer"
     # The scores are those of the whole conversation, scored unbatched.
     for position in [p for p, row in enumerate(rows) if row["rounds"]][:4]:
         item = crowded[position]
-        replies = evaluation.option_replies(evaluation.normalise_item(item))
+        replies = prompts.option_replies(normalise_item(item))
         user = single[position]["prompt"]
         assert rows[position]["option_scores"] == pytest.approx(reference_reply_scores(
             model, processor, item, user, replies, expected_same_image_history(crowded, position, 2)), abs=1e-4)
@@ -618,7 +673,7 @@ def test_same_image_rounds_skip_the_items_own_group(crowded, setup):
     assert any(row["rounds"] > 0 for row in rows)
 
 
-@pytest.mark.parametrize("mode", evaluation.MODES)
+@pytest.mark.parametrize("mode", config.EVAL_MODES)
 def test_generic_rounds_answer_generic_instructions_once_per_image_and_turn(crowded, setup, monkeypatch, mode):
     _, _, model, _ = setup
     calls = []
@@ -641,8 +696,8 @@ def test_generic_rounds_answer_generic_instructions_once_per_image_and_turn(crow
         assert row["rounds"] == 2
         context, _, scored = row["prompt"].rpartition("\nUSER: ")
         assert scored == one["prompt"]
-        assert context.startswith(f"USER: {evaluation.GENERIC_INSTRUCTIONS[0]}\nASSISTANT: ")
-        assert f"\nUSER: {evaluation.GENERIC_INSTRUCTIONS[1]}\nASSISTANT: " in context
+        assert context.startswith(f"USER: {prompts.GENERIC_INSTRUCTIONS[0]}\nASSISTANT: ")
+        assert f"\nUSER: {prompts.GENERIC_INSTRUCTIONS[1]}\nASSISTANT: " in context
         assert contexts.setdefault(row["image_sha256"], context) == context  # shared by the image's items
     if mode == "loglik":
         assert [row["option_scores"] for row in rows] != [row["option_scores"] for row in single]
@@ -670,9 +725,13 @@ def test_bad_items_name_the_item_and_field(setup, change, message):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"mode": "sample"}, "mode must be one of"), ({"round_source": "other"}, "round_source must be one of"),
-    ({"rounds": -1}, "rounds must be >= 0"), ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
+    ({"mode": "sample"}, r"mode\n  Input should be 'loglik' or 'generate'"),
+    ({"round_source": "other"}, r"round_source\n  Input should be 'same_image' or 'generic'"),
+    ({"rounds": -1}, r"rounds\n  Input should be greater than or equal to 0"),
+    ({"max_new_tokens": 0}, r"max_new_tokens\n  Input should be greater than or equal to 1"),
     ({"rounds": 7, "round_source": "generic"}, "rounds must be <= 6"), ({"method": "fast"}, "method must be one of"),
+    ({"round_max_new_tokens": 0}, "round_max_new_tokens must be >= 1"),
+    ({"judge": "no_colon_here"}, "evaluate.judge: 'no_colon_here' must look like 'package.module:function'"),
 ])
 def test_bad_arguments(setup, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -686,4 +745,4 @@ def test_badcases_of_yes_no_items(crowded, setup, tmp_path):
     for case, item in zip(cases, items):
         assert case["format"] == "yes_no" and case["answer"] == item["answer"] and case["options"] == []
         assert case["conversations"][1] == {"role": "assistant", "content": item["answer"]}
-        assert case["conversations"][0]["content"].endswith(evaluation.SHORT_SUFFIX)
+        assert case["conversations"][0]["content"].endswith(prompts.SHORT_SUFFIX)

@@ -2,14 +2,13 @@
 
 import shutil
 import uuid
-from pathlib import Path
 
 import pytest
 
-from mmloop import ipo, llm_teacher, prompts
 from mmloop.schema import write_samples
+from mmloop.teachers import ipo, prompts
 from openai_server import FaultConfig, OpenAIServer
-from test_llm_teacher import REPO, _params, _world
+from test_llm_teacher import REPO, _config, _teacher, _world
 
 
 @pytest.fixture
@@ -22,8 +21,8 @@ def iteration_data(tmp_path, monkeypatch):
     prompt_dir.mkdir()
     shutil.copy(REPO / "prompts/generate.j2", prompt_dir / "generate.j2")
     shutil.copy(REPO / "prompts/propose.j2", prompt_dir / "propose.j2")
-    params = _params(srv.url, prompt=str(prompt_dir / "generate.j2"), journal=str(tmp_path / "journal.sqlite"))
-    records, stats = llm_teacher.generate(queries, badcases, objects, params, data_root=data, iteration=1)
+    config = _config(srv.url, tmp_path / "journal.sqlite", prompt=str(prompt_dir / "generate.j2"))
+    records, stats = _teacher(config, badcases, objects, data).run(queries)
     # Elimination's verdict on the generated rows: keep all but the first two.
     generated = [r for r in records if r["kept"] is None]
     kept = [dict(r, kept=True) for r in generated[2:]]
@@ -31,7 +30,7 @@ def iteration_data(tmp_path, monkeypatch):
     write_samples(records, data / "iter=1/generated.parquet")
     write_samples(kept, data / "iter=1/kept.parquet")
     write_samples(rejected + [r for r in records if r["kept"] is False], data / "iter=1/rejected.parquet")
-    yield data, params, prompt_dir, stats, srv
+    yield data, config, prompt_dir, stats, srv
     srv.stop()
 
 
@@ -46,15 +45,15 @@ def test_review_page_groups_by_outcome_and_shows_images(iteration_data, tmp_path
     [(version, rates)] = metrics.items()
     assert version.startswith("generate@v1 (")
     assert rates["requests"] == 30
-    assert rates["skip_rate"] == pytest.approx(stats["skip_rate"])
-    assert rates["parse_failure_rate"] == pytest.approx(stats["parse_failure_rate"])
+    assert rates["skip_rate"] == pytest.approx(stats["rates"]["skipped"])
+    assert rates["parse_failure_rate"] == pytest.approx(stats["rates"]["parse_failed"])
     assert rates["keep_rate"] == pytest.approx(rates["outcomes"]["kept"] / 30)
     assert 0 < rates["keep_rate"] < 1
 
 
 def test_propose_writes_a_new_version_for_review_and_never_uses_it(iteration_data):
-    data, params, prompt_dir, _, srv = iteration_data
-    path = ipo.propose(1, prompt_dir / "generate.j2", params, data_root=data,
+    data, config, prompt_dir, _, srv = iteration_data
+    path = ipo.propose(1, prompt_dir / "generate.j2", config, data_root=data,
                        propose_template=prompt_dir / "propose.j2")
     assert path == prompt_dir / "generate.v2.j2"
     proposed = prompts.load_template(path)
@@ -65,10 +64,10 @@ def test_propose_writes_a_new_version_for_review_and_never_uses_it(iteration_dat
     assert "0. Never ask about an object" in proposed.body and proposed.body != original.body
     asked = [text for text in srv.counters.texts.values() if "</current_template>" in text]
     assert asked  # the teacher saw the current template and the failures
-    assert params["openai"]["prompt"].endswith("generate.j2")  # params still point at the reviewed version
+    assert config.prompt.endswith("generate.j2")  # params still point at the reviewed version
     # Proposing again makes the next version; an existing version is never overwritten.
     before = path.read_text()
-    second = ipo.propose(1, prompt_dir / "generate.j2", params, data_root=data,
+    second = ipo.propose(1, prompt_dir / "generate.j2", config, data_root=data,
                          propose_template=prompt_dir / "propose.j2")
     assert second == prompt_dir / "generate.v3.j2" and path.read_text() == before
 
@@ -91,3 +90,20 @@ def test_prompts_review_command_writes_the_page_and_prints_rates(iteration_data,
     printed = capsys.readouterr().out
     assert "generate@v1" in printed and "keep_rate" in printed and out.is_file()
     assert cli.main(["prompts", "review", "7", "--out", str(out), "--data-root", str(data)]) == 1
+
+
+def test_prompts_propose_command_reads_the_teacher_from_params(iteration_data, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from mmloop import cli
+
+    data, config, prompt_dir, _, _ = iteration_data
+    monkeypatch.chdir(REPO)  # the proposal request's own template, prompts/propose.j2
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"generate": {"backend": "openai",
+                                                   "openai": config.model_dump(mode="json", exclude_none=True)}}))
+    assert cli.main(["prompts", "propose", "1", "--params", str(params), "--data-root", str(data)]) == 0
+    assert (prompt_dir / "generate.v2.j2").is_file() and "status: proposed" in capsys.readouterr().out
+    params.write_text(yaml.safe_dump({"generate": {"backend": "annotations"}}))
+    assert cli.main(["prompts", "propose", "1", "--params", str(params), "--data-root", str(data)]) == 1
+    assert "generate.openai is not set" in capsys.readouterr().err

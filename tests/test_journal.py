@@ -1,4 +1,4 @@
-"""mmloop.journal: what is served, what is kept, and that a killed writer leaves whole rows."""
+"""mmloop.teachers.journal: what is served, what is kept, and that a killed writer leaves whole rows."""
 
 import os
 import signal
@@ -9,7 +9,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from mmloop.journal import FAILED, OK, PENDING, Journal, request_key
+from mmloop.teachers.journal import FAILED, OK, PENDING, Journal, request_key
 
 REPO = Path(__file__).resolve().parents[1]
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -64,7 +64,7 @@ def test_journal_uses_wal_and_is_readable_while_open(tmp_path):
 def test_a_killed_writer_leaves_only_whole_rows(tmp_path):
     path = tmp_path / "j.sqlite"
     writer = textwrap.dedent(f"""
-        from mmloop.journal import Journal
+        from mmloop.teachers.journal import Journal
         journal = Journal({str(path)!r})
         i = 0
         while True:

@@ -1,19 +1,19 @@
-"""The `openai` generator backend end to end, against the local fault-injecting server."""
+"""The `openai` teacher (mmloop.teachers.openai_chat) end to end, against the local fault-injecting server."""
 
 import base64
 import hashlib
 import io
-import json
 import uuid
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from mmloop import llm, llm_teacher
+from mmloop.config import OpenAIConfig
 from mmloop.io import write_json
-from mmloop.journal import Journal
 from mmloop.schema import read_samples, write_samples
+from mmloop.teachers import llm, openai_chat
+from mmloop.teachers.journal import Journal
 from openai_server import FaultConfig, OpenAIServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,13 +53,21 @@ def _world(root: Path, n_images: int):
     return queries, badcases, objects_by_image
 
 
-def _params(url, **openai):
+FORMAT_MIX = {"mcq": 0.6, "short": 0.2, "conversation": 0.2}
+
+
+def _config(url, journal, **overrides):
     base = {"model": "gpt-test", "base_url": url, "api_key_env": "MMLOOP_TEST_KEY", "temperature": 0.7,
             "max_tokens": 512, "concurrency": 8, "timeout": 0.5, "backoff_base": 0.01, "backoff_max": 0.2,
             "max_attempts": 10, "image_mode": "image", "image_max_side": 64, "prompt": str(REPO / "prompts/generate.j2"),
-            "prices": {"gpt-test": {"input": 2.5, "output": 10.0}}}
-    base.update(openai)
-    return {"backend": "openai", "format_mix": {"mcq": 0.6, "short": 0.2, "conversation": 0.2}, "openai": base}
+            "journal": str(journal), "prices": {"gpt-test": {"input": 2.5, "output": 10.0}}}
+    base.update(overrides)
+    return OpenAIConfig(**base)
+
+
+def _teacher(config, badcases, objects, data_root, format_mix=FORMAT_MIX):
+    return openai_chat.OpenAITeacher(config, format_mix, answer_format="letter", objects_by_image=objects,
+                                     badcases=badcases, data_root=data_root, iteration=1)
 
 
 @pytest.fixture
@@ -81,10 +89,8 @@ def test_generate_end_to_end_with_faults_then_a_free_rerun(server, secret, tmp_p
     root = tmp_path / "repo"
     data = root / "data"
     queries, badcases, objects = _world(data, 60)
-    params = _params(server.url)
-    journal = root / ".mmloop/journal/openai.sqlite"
-    records, stats = llm_teacher.generate(queries, badcases, objects, params, data_root=data,
-                                          journal_path=journal, iteration=1)
+    config = _config(server.url, root / ".mmloop/journal/openai.sqlite")
+    records, stats = _teacher(config, badcases, objects, data).run(queries)
 
     # Nothing lost: every query produced generated rows or an explicit rejected row; nothing duplicated.
     by_query = {q["sample_id"]: [r for r in records if r["parent_ids"] == [q["sample_id"]]] for q in queries}
@@ -92,9 +98,9 @@ def test_generate_end_to_end_with_faults_then_a_free_rerun(server, secret, tmp_p
     assert len({r["sample_id"] for r in records}) == len(records)
     assert max(server.counters.successes.values()) == 1 and len(server.counters.successes) == 60
     assert sum(server.counters.faults.values()) >= 5
-    assert stats["outcomes"].get("request_failed", 0) == 0
+    assert stats["outcomes"]["request_failed"] == 0
     assert stats["outcomes"]["skipped"] >= 1 and stats["outcomes"]["parse_failed"] >= 1
-    assert stats["repairs"]  # messy replies were repaired, not rejected
+    assert {"json_syntax", "single_object"} <= set(stats["repairs"])  # messy replies were repaired, not rejected
     generated = [r for r in records if r["kept"] is None]
     rejected = [r for r in records if r["kept"] is False]
     assert {r["reject_reason"] for r in rejected} <= {"skipped", "parse_failed", "request_failed"}
@@ -118,8 +124,7 @@ def test_generate_end_to_end_with_faults_then_a_free_rerun(server, secret, tmp_p
 
     # A DVC rerun with unchanged inputs costs nothing and gives the same rows.
     attempts = sum(server.counters.attempts.values())
-    again, stats2 = llm_teacher.generate(queries, badcases, objects, params, data_root=data,
-                                         journal_path=journal, iteration=1)
+    again, stats2 = _teacher(config, badcases, objects, data).run(queries)
     assert sum(server.counters.attempts.values()) == attempts
     assert stats2["usage"]["sent"] == 0 and stats2["usage"]["journal_hits"] == 60
     assert [r["sample_id"] for r in again] == [r["sample_id"] for r in records]
@@ -137,14 +142,12 @@ def test_text_only_mode_sends_annotations_not_pixels(secret, tmp_path):
     srv = OpenAIServer().start()
     try:
         queries, badcases, objects = _world(tmp_path, 6)
-        params = _params(srv.url, image_mode="annotations")
-        params["format_mix"] = {"mcq": 1.0}
-        records, stats = llm_teacher.generate(queries, badcases, objects, params, data_root=tmp_path,
-                                              journal_path=tmp_path / "j.sqlite", iteration=1)
+        config = _config(srv.url, tmp_path / "j.sqlite", image_mode="caption")
+        records, stats = _teacher(config, badcases, objects, tmp_path, {"mcq": 1.0}).run(queries)
         texts = list(srv.counters.texts.values())
     finally:
         srv.stop()
-    assert stats["outcomes"] == {"generated": 6}
+    assert stats["outcomes"] == {"generated": 6, "skipped": 0, "parse_failed": 0, "request_failed": 0, "duplicate": 0}
     # The server built its answers from the annotations it was sent, so the colour questions are right.
     colour = next(r for r in records if r["category"] == "colour")
     assert colour["answer"] == objects[colour["image_sha256"]][0]["attributes"]["colour"]
@@ -162,28 +165,28 @@ def test_images_travel_as_resized_data_urls(tmp_path):
 
 
 def test_request_failures_become_rejected_rows_and_proposed_prompts_are_refused(secret, tmp_path):
-    srv = OpenAIServer(FaultConfig(fault_rate=1.0, fault_kinds=("500",))).start()
+    srv = OpenAIServer(FaultConfig(failing_rate=0.5)).start()
     try:
-        queries, badcases, objects = _world(tmp_path, 2)
-        params = _params(srv.url, max_attempts=2)
-        records, stats = llm_teacher.generate(queries, badcases, objects, params, data_root=tmp_path,
-                                              journal_path=tmp_path / "j.sqlite", iteration=1)
+        queries, badcases, objects = _world(tmp_path, 8)
+        config = _config(srv.url, tmp_path / "j.sqlite", max_attempts=2)
+        records, stats = _teacher(config, badcases, objects, tmp_path).run(queries)
     finally:
         srv.stop()
-    assert [r["reject_reason"] for r in records] == ["request_failed", "request_failed"]
-    assert stats["request_failure_rate"] == 1.0
+    failed = [r for r in records if r["reject_reason"] == "request_failed"]
+    assert 0 < len(failed) < 8 and stats["outcomes"]["request_failed"] == len(failed)
+    assert stats["rates"]["request_failed"] == len(failed) / 8
+    assert all(r["kept"] is False and r["conversations"][1]["content"] == "" for r in failed)
     with Journal(tmp_path / "j.sqlite") as journal:
-        assert all(e.error.startswith("gave up after 2 attempts") for e in journal.entries())
+        errors = [e.error for e in journal.entries() if e.status == "failed"]
+    assert len(errors) == len(failed) and all(e.startswith("gave up after 2 attempts") for e in errors)
 
     proposed = tmp_path / "generate.v2.j2"
     proposed.write_text((REPO / "prompts/generate.j2").read_text().replace("version: 1", "version: 2\nstatus: proposed"))
-    params["openai"]["prompt"] = str(proposed)
     with pytest.raises(ValueError, match="not yet reviewed"):
-        llm_teacher.generate(queries, badcases, objects, params, data_root=tmp_path, journal_path=tmp_path / "j.sqlite",
-                             iteration=1)
+        _teacher(_config(srv.url, tmp_path / "j.sqlite", prompt=str(proposed)), badcases, objects, tmp_path)
 
 
 def test_format_mix_draw_is_deterministic_and_follows_weights():
-    draws = [llm_teacher.choose_data_type(f"q{i}", {"mcq": 0.75, "short": 0.25, "caption": 1.0}) for i in range(400)]
-    assert draws == [llm_teacher.choose_data_type(f"q{i}", {"mcq": 0.75, "short": 0.25}) for i in range(400)]
+    draws = [openai_chat.choose_data_type(f"q{i}", {"mcq": 0.75, "short": 0.25, "caption": 1.0}) for i in range(400)]
+    assert draws == [openai_chat.choose_data_type(f"q{i}", {"mcq": 0.75, "short": 0.25}) for i in range(400)]
     assert 0.65 < draws.count("mcq") / 400 < 0.85 and set(draws) == {"mcq", "short"}

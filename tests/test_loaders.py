@@ -1,4 +1,4 @@
-"""Benchmark loaders: every format read into `schema.bench_item`, with errors naming file, record and field."""
+"""Benchmark readers: every format read into `schema.bench_item`, with errors naming file, record and field."""
 
 import base64
 import io
@@ -7,7 +7,8 @@ import warnings
 
 import pytest
 
-from mmloop import loaders
+from mmloop.eval import benchmarks
+from mmloop.eval.benchmarks import aokvqa, jsonl, mmbench, mme, pope, seedbench
 from mmloop.io import sha256_bytes
 from mmloop.schema import BENCH_ITEM_FIELDS
 
@@ -67,7 +68,7 @@ def test_mmbench_circular_groups_nan_hint_partial_options(tmp_path):
         mmb_row(2000007, A="blue", B="red", C="green", answer="B", image="7", hint="Look up."),
         mmb_row("q-1", A="a", B="b", C="c", D="d", E="e", answer="E", **{"l2-category": ""}),
     ])
-    items = loaders.read_mmbench(path)
+    items = mmbench.read_mmbench(path)
     check_items(items)
     assert [item["index"] for item in items] == ["7", "1000007", "2000007", "q-1"]
     assert [item["group"] for item in items] == ["7", "7", "7", None]
@@ -92,7 +93,7 @@ def test_mmbench_circular_groups_nan_hint_partial_options(tmp_path):
 def test_mmbench_errors(tmp_path, row, message):
     path = write_tsv(tmp_path / "mmb.tsv", MMB, [mmb_row(0), row])
     with pytest.raises(ValueError, match=message):
-        loaders.read_mmbench(path)
+        mmbench.read_mmbench(path)
 
 
 # ---------------------------------------------------------------- A-OKVQA
@@ -117,7 +118,7 @@ def test_aokvqa(tmp_path):
         aok_record("q2", 42, correct_choice_idx=0, difficult_direct_answer=True),
         aok_record("q3", 7, file_name="custom.png", category="sports"),
     ]))
-    items = loaders.read_aokvqa(path, coco)
+    items = aokvqa.read_aokvqa(path, coco)
     check_items(items)
     assert [item["index"] for item in items] == ["q1", "q2", "q3"]
     assert [item["answer"] for item in items] == ["C", "A", "C"]
@@ -141,15 +142,15 @@ def test_aokvqa_errors(tmp_path):
     path.write_text(json.dumps(test_split))
     with pytest.raises(ValueError, match=r"aok\.json: record 0 \(question_id 't1'\): field 'correct_choice_idx' "
                                          r"is missing: .*aok\.json has no answers"):
-        loaders.read_aokvqa(path, coco)
+        aokvqa.read_aokvqa(path, coco)
     path.write_text(json.dumps([aok_record("q1", 42), aok_record("q2", 42, correct_choice_idx=4)]))
     with pytest.raises(ValueError, match=r"aok\.json: record 1 \(question_id 'q2'\): field 'correct_choice_idx': "
                                          r"4 is not an option number 0\.\.3"):
-        loaders.read_aokvqa(path, coco)
+        aokvqa.read_aokvqa(path, coco)
     path.write_text(json.dumps([aok_record("q1", 42), aok_record("q2", 9)]))
     with pytest.raises(FileNotFoundError, match=r"aok\.json: record 1 \(question_id 'q2'\): field 'image_id': "
                                                 r"image file '.*000000000009\.jpg' not found"):
-        loaders.read_aokvqa(path, coco)
+        aokvqa.read_aokvqa(path, coco)
 
 
 # ---------------------------------------------------------------- POPE
@@ -165,7 +166,7 @@ def test_pope_jsonl_under_json_name_and_category(tmp_path):
     (tmp_path / "b.png").write_bytes(BLUE)
     # POPE ships JSON lines under a .json name.
     path = write_jsonl(tmp_path / "coco_pope_adversarial.json", pope_records())
-    items = loaders.read_pope(path, tmp_path)
+    items = pope.read_pope(path, tmp_path)
     check_items(items)
     assert [item["index"] for item in items] == ["1", "2", "3"]
     assert [item["answer"] for item in items] == ["yes", "no", "yes"]
@@ -173,15 +174,15 @@ def test_pope_jsonl_under_json_name_and_category(tmp_path):
     assert all(item["l2_category"] is None for item in items)
     assert items[0]["question"] == "Is there a dog in the image?"
     assert items[0]["image"] is items[1]["image"] and items[2]["image"] == BLUE
-    assert {item["category"] for item in loaders.read_pope(path, tmp_path, category="coco")} == {"coco"}
+    assert {item["category"] for item in pope.read_pope(path, tmp_path, category="coco")} == {"coco"}
     # A JSON list, a category field, and a name that names no split.
     records = pope_records()
     records[0]["category"] = "gqa"
     (tmp_path / "pope.json").write_text(json.dumps(records))
-    assert [item["category"] for item in loaders.read_pope(tmp_path / "pope.json", tmp_path)] == \
+    assert [item["category"] for item in pope.read_pope(tmp_path / "pope.json", tmp_path)] == \
         ["gqa", "pope", "pope"]
     popular = write_jsonl(tmp_path / "aokvqa_pope_Popular.jsonl", pope_records())
-    assert {item["category"] for item in loaders.read_pope(popular, tmp_path)} == {"popular"}
+    assert {item["category"] for item in pope.read_pope(popular, tmp_path)} == {"popular"}
 
 
 def test_pope_errors(tmp_path):
@@ -191,14 +192,14 @@ def test_pope_errors(tmp_path):
     path = write_jsonl(tmp_path / "coco_pope_random.jsonl", records)
     with pytest.raises(ValueError, match=r"coco_pope_random\.jsonl: line 2 \(question_id '2'\): field 'label': "
                                          r"'maybe' is not yes or no"):
-        loaders.read_pope(path, tmp_path)
+        pope.read_pope(path, tmp_path)
     path = write_jsonl(tmp_path / "coco_pope_random.jsonl", pope_records())
     with pytest.raises(FileNotFoundError, match=r"coco_pope_random\.jsonl: line 3 \(question_id '3'\): "
                                                 r"field 'image': image file '.*b\.png' not found"):
-        loaders.read_pope(path, tmp_path)
+        pope.read_pope(path, tmp_path)
     path.write_text(json.dumps(pope_records()[0]) + "\n{not json\n")
     with pytest.raises(ValueError, match=r"coco_pope_random\.jsonl: line 2: not valid JSON"):
-        loaders.read_pope(path, tmp_path)
+        pope.read_pope(path, tmp_path)
 
 
 # ---------------------------------------------------------------- MME
@@ -222,7 +223,7 @@ def make_mme(root):
 
 
 def test_mme_folder(tmp_path):
-    items = loaders.read_mme(make_mme(tmp_path / "MME_Benchmark_release_version"))
+    items = mme.read_mme(make_mme(tmp_path / "MME_Benchmark_release_version"))
     check_items(items)
     assert [item["index"] for item in items] == ["OCR/0001/0", "OCR/0001/1", "artwork/10002/0", "artwork/10002/1",
                                                  "code_reasoning/0020/0", "code_reasoning/0020/1"]
@@ -232,7 +233,7 @@ def test_mme_folder(tmp_path):
     assert [item["l2_category"] for item in items] == ["perception"] * 4 + ["cognition"] * 2
     assert [item["category"] for item in items] == ["OCR"] * 2 + ["artwork"] * 2 + ["code_reasoning"] * 2
     assert items[2]["question"] == "Is this photo painted by Titian?" and items[2]["image"] == RED
-    assert "code_reasoning" in loaders.MME_COGNITION and "existence" not in loaders.MME_COGNITION
+    assert "code_reasoning" in mme.COGNITION and "existence" not in mme.COGNITION
 
 
 def test_mme_tables(tmp_path):
@@ -246,7 +247,7 @@ def test_mme_tables(tmp_path):
         {"index": 2, "image": b64, "question": "Is 2+2 4?", "answer": "Yes", "category": "numerical_calculation",
          "image_path": "numerical_calculation/1.png"},
     ])
-    items = loaders.read_mme(path)
+    items = mme.read_mme(path)
     check_items(items)
     assert [item["group"] for item in items] == ["existence/existence/0.png"] * 2 + \
         ["numerical_calculation/numerical_calculation/1.png"]
@@ -258,7 +259,7 @@ def test_mme_tables(tmp_path):
     table = write_jsonl(tmp_path / "mme.jsonl", [
         {"image": "imgs/x.png", "question": "Red?", "answer": "Yes", "category": "color"},
         {"image": "imgs/x.png", "question": "Blue?", "answer": "No", "category": "color"}])
-    items = loaders.read_mme(table)
+    items = mme.read_mme(table)
     check_items(items)
     assert [item["index"] for item in items] == ["1", "2"]
     assert {item["group"] for item in items} == {"color/imgs/x.png"}
@@ -268,19 +269,19 @@ def test_mme_errors(tmp_path):
     root = make_mme(tmp_path / "mme")
     (root / "OCR" / "0001.txt").write_text("Is the word 'STOP'?\tyes\nIs the word 'GO'?\tperhaps\n")
     with pytest.raises(ValueError, match=r"OCR/0001\.txt: line 2: field 'answer': 'perhaps' is not yes or no"):
-        loaders.read_mme(root)
+        mme.read_mme(root)
     (root / "OCR" / "0001.txt").write_text("Is the word 'STOP'? yes\n")
     with pytest.raises(ValueError, match=r"OCR/0001\.txt: line 1: expected 'question<TAB>answer'"):
-        loaders.read_mme(root)
+        mme.read_mme(root)
     (root / "OCR" / "0001.jpg").unlink()
     with pytest.raises(FileNotFoundError, match=r"OCR/0001\.txt: field 'image': no image 0001"):
-        loaders.read_mme(root)
+        mme.read_mme(root)
     with pytest.raises(ValueError, match=r"no MME subtask folders"):
-        loaders.read_mme(tmp_path / "mme" / "eval_tool")
+        mme.read_mme(tmp_path / "mme" / "eval_tool")
     table = write_tsv(tmp_path / "MME.tsv", ("index", "image", "question", "answer", "category"),
                       [{"index": 5, "image": B64, "question": "Red?", "answer": "Yes", "category": ""}])
     with pytest.raises(ValueError, match=r"MME\.tsv: row 0 \(index '5'\): field 'category' is empty"):
-        loaders.read_mme(table)
+        mme.read_mme(table)
 
 
 # ---------------------------------------------------------------- SEED-Bench
@@ -309,7 +310,7 @@ def test_seedbench_skips_video_items(tmp_path):
         seed_question("105", data_type="video", data_id="w.mp4", question_type_id=11),
     ])
     with pytest.warns(UserWarning, match=r"SEED-Bench\.json: skipped 2 non-image SEED-Bench item\(s\) \(2 video\)"):
-        items = loaders.read_seedbench(path, tmp_path)
+        items = seedbench.read_seedbench(path, tmp_path)
     check_items(items)
     assert [item["index"] for item in items] == ["101", "103", "104"]
     assert [item["answer"] for item in items] == ["B", "D", "B"]
@@ -322,20 +323,20 @@ def test_seedbench_errors(tmp_path):
     path = seed_file(tmp_path / "seed.json", [seed_question("101"), seed_question("102", answer="E")])
     with pytest.raises(ValueError, match=r"seed\.json: questions\[1\] \(question_id '102'\): field 'answer': "
                                          r"'E' is not among the options A, B, C, D"):
-        loaders.read_seedbench(path, tmp_path)
+        seedbench.read_seedbench(path, tmp_path)
     seed_file(path, [seed_question("101", choice_b="")])
     with pytest.raises(ValueError, match=r"seed\.json: questions\[0\] \(question_id '101'\): field 'choice_b' is "
                                          r"empty but a later option is not"):
-        loaders.read_seedbench(path, tmp_path)
+        seedbench.read_seedbench(path, tmp_path)
     seed_file(path, [seed_question("101", data_id="missing.jpg")])
     with pytest.raises(FileNotFoundError, match=r"seed\.json: questions\[0\] \(question_id '101'\): field 'data_id': "
                                                 r"image file '.*missing\.jpg' not found"):
-        loaders.read_seedbench(path, tmp_path)
+        seedbench.read_seedbench(path, tmp_path)
     seed_file(path, [seed_question("101", data_type="video")])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match=r"seed\.json: no image items"):
-            loaders.read_seedbench(path, tmp_path)
+            seedbench.read_seedbench(path, tmp_path)
 
 
 # ---------------------------------------------------------------- plain JSONL
@@ -352,7 +353,7 @@ def test_jsonl(tmp_path):
         {"question": "Is it blue?", "answer": "Yes", "category": "existence", "image": "b.png", "hint": "Look."},
         {"question": "Which?", "options": ["A", "B"], "answer": "A", "category": "letters", "image": "b.png"},
     ])
-    items = loaders.read_jsonl(path)
+    items = jsonl.read_jsonl(path)
     check_items(items)
     assert [item["index"] for item in items] == ["1", "x7", "3", "4"]
     assert [item["answer"] for item in items] == ["B", "A", "yes", "A"]  # option text -> its letter
@@ -366,7 +367,7 @@ def test_jsonl(tmp_path):
     (tmp_path / "elsewhere" / "b.png").write_bytes(GREEN)
     other = write_jsonl(tmp_path / "other.jsonl", [{"question": "Green?", "answer": "no", "category": "c",
                                                      "image": "b.png"}])
-    assert loaders.read_jsonl(other, tmp_path / "elsewhere")[0]["image"] == GREEN
+    assert jsonl.read_jsonl(other, tmp_path / "elsewhere")[0]["image"] == GREEN
 
 
 @pytest.mark.parametrize("record, message", [
@@ -383,7 +384,7 @@ def test_jsonl_errors(tmp_path, record, message):
             "image": "a.png"}
     path = write_jsonl(tmp_path / "bench.jsonl", [base, {**base, **record}])
     with pytest.raises(ValueError, match=message):
-        loaders.read_jsonl(path)
+        jsonl.read_jsonl(path)
 
 
 def test_jsonl_missing_image(tmp_path):
@@ -391,7 +392,7 @@ def test_jsonl_missing_image(tmp_path):
                                                    "image": "gone.png", "index": "k"}])
     with pytest.raises(FileNotFoundError, match=r"bench\.jsonl: line 1 \(index 'k'\): field 'image': "
                                                 r"image file '.*gone\.png' not found"):
-        loaders.read_jsonl(path)
+        jsonl.read_jsonl(path)
 
 
 # ---------------------------------------------------------------- dispatch
@@ -415,39 +416,39 @@ def test_load_benchmark_guesses_the_format(tmp_path):
     expected = {mmb: "mmbench", mme_tsv: "mme", mme_dir: "mme", pope: "pope", pope_list: "pope",
                 pope_jsonl: "pope", aok: "aokvqa", seed: "seedbench", plain: "jsonl"}
     for path, format in expected.items():
-        assert loaders.guess_format(path) == format, path
-        items = loaders.load_benchmark(path)
+        assert benchmarks.guess_format(path) == format, path
+        items = benchmarks.load_benchmark(path)
         check_items(items)
-        assert items == loaders.load_benchmark(path, format, **({} if format in ("mmbench", "mme")
+        assert items == benchmarks.load_benchmark(path, format, **({} if format in ("mmbench", "mme")
                                                                 else {"image_dir": tmp_path}))
-    assert loaders.load_benchmark(pope, category="coco")[0]["category"] == "coco"
-    assert loaders.load_benchmark(pope)[0]["category"] == "random"
-    assert set(loaders.FORMATS) == {"mmbench", "aokvqa", "pope", "mme", "seedbench", "jsonl"}
+    assert benchmarks.load_benchmark(pope, category="coco")[0]["category"] == "coco"
+    assert benchmarks.load_benchmark(pope)[0]["category"] == "random"
+    assert set(benchmarks.FORMATS) == {"mmbench", "aokvqa", "pope", "mme", "seedbench", "jsonl"}
 
 
 def test_load_benchmark_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nope\.tsv: benchmark file not found"):
-        loaders.load_benchmark(tmp_path / "nope.tsv")
+        benchmarks.load_benchmark(tmp_path / "nope.tsv")
     odd = tmp_path / "odd.json"
     odd.write_text(json.dumps([{"foo": 1}]))
     with pytest.raises(ValueError, match=r"odd\.json: cannot tell the benchmark format .*"
                                          r"mmbench, aokvqa, pope, mme, seedbench, jsonl"):
-        loaders.load_benchmark(odd)
+        benchmarks.load_benchmark(odd)
     csv = tmp_path / "bench.csv"
     csv.write_text("a,b\n")
     with pytest.raises(ValueError, match=r"bench\.csv: cannot tell the benchmark format"):
-        loaders.load_benchmark(csv)
+        benchmarks.load_benchmark(csv)
     with pytest.raises(ValueError, match=r"unknown benchmark format 'vqav2'; the formats are mmbench"):
-        loaders.load_benchmark(odd, "vqav2")
+        benchmarks.load_benchmark(odd, "vqav2")
     mmb = write_tsv(tmp_path / "mmb.tsv", MMB, [mmb_row(0)])
     with pytest.raises(ValueError, match=r"mmb\.tsv: MMBench TSVs embed their images"):
-        loaders.load_benchmark(mmb, image_dir=tmp_path)
+        benchmarks.load_benchmark(mmb, image_dir=tmp_path)
 
 
 def test_missing_files_name_the_path(tmp_path):
-    for reader, args in ((loaders.read_mmbench, ()), (loaders.read_aokvqa, (tmp_path,)),
-                         (loaders.read_pope, (tmp_path,)), (loaders.read_mme, ()),
-                         (loaders.read_seedbench, (tmp_path,)), (loaders.read_jsonl, ())):
+    for reader, args in ((mmbench.read_mmbench, ()), (aokvqa.read_aokvqa, (tmp_path,)),
+                         (pope.read_pope, (tmp_path,)), (mme.read_mme, ()),
+                         (seedbench.read_seedbench, (tmp_path,)), (jsonl.read_jsonl, ())):
         with pytest.raises(FileNotFoundError, match=r"gone\.json"):
             reader(tmp_path / "gone.json", *args)
 
@@ -456,6 +457,7 @@ def test_no_heavy_imports_at_module_level():
     import subprocess
     import sys
 
-    code = "import sys, mmloop.loaders; print(sorted({'pandas', 'PIL'} & set(sys.modules)))"
+    code = ("import sys, mmloop.eval.benchmarks, mmloop.eval.evaluation; "
+            "print(sorted({'pandas', 'PIL', 'torch', 'transformers'} & set(sys.modules)))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "[]"

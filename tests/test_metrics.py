@@ -1,10 +1,15 @@
-"""Metrics over prediction rows, on small hand-made sets with hand-computed values."""
+"""Metrics over prediction rows (the generic ones and each benchmark's own), on small hand-made sets
+with hand-computed values."""
 
 import math
 
 import pytest
 
-from mmloop import metrics
+from mmloop.eval import metrics
+from mmloop.eval.benchmarks.aokvqa import aokvqa_direct, normalise_answer
+from mmloop.eval.benchmarks.mme import mme as mme_scores
+from mmloop.eval.benchmarks.pope import pope as pope_scores
+from mmloop.eval.evaluation import summary
 
 
 def row(item, answer, prediction, *, benchmark="bench", category="color", l2_category=None, group=None,
@@ -35,10 +40,11 @@ def test_accuracy_by_hand():
     assert expected["l2_categories"] == {"perception": 1.0, "reasoning": 7 / 8}
 
 
-@pytest.mark.parametrize("name", ["accuracy", "circular", "mme", "pope", "aokvqa_direct", "summary"])
-def test_no_rows_is_an_error(name):
-    with pytest.raises(ValueError, match="no predictions"):
-        getattr(metrics, name)([])
+@pytest.mark.parametrize("metric", [metrics.accuracy, metrics.circular, mme_scores, pope_scores, aokvqa_direct,
+                                    summary])
+def test_no_rows_is_an_error(metric):
+    with pytest.raises(ValueError, match=f"{metric.__name__}: no predictions"):
+        metric([])
 
 
 # ---------------------------------------------------------------- CircularEval
@@ -78,24 +84,24 @@ def test_aokvqa_direct_answer_is_min_one_matches_over_three():
         row("5", "A", "none", direct_answers=ten),               # nothing extracted: 0
         row("6", "A", "A"),                                      # no direct answers: not scored
     ]
-    result = metrics.aokvqa_direct(rows)
+    result = aokvqa_direct(rows)
     assert result == {"direct_answer": pytest.approx((1 + 2 / 3 + 1 / 3 + 0 + 0) / 5), "n": 5}
-    skipped = metrics.aokvqa_direct(rows, skip={"bench-4", "bench-5"})
+    skipped = aokvqa_direct(rows, skip={"bench-4", "bench-5"})
     assert skipped == {"direct_answer": pytest.approx((1 + 2 / 3 + 1 / 3) / 3), "n": 3}
 
 
 def test_aokvqa_normalisation():
-    assert metrics.normalise_answer("The Red-Car!") == "red car"
-    assert metrics.normalise_answer("an apple's core") == "apples core"
-    assert metrics.normalise_answer("Two") == "2"
-    assert metrics.normalise_answer("3.5 m.") == "3.5 m"
+    assert normalise_answer("The Red-Car!") == "red car"
+    assert normalise_answer("an apple's core") == "apples core"
+    assert normalise_answer("Two") == "2"
+    assert normalise_answer("3.5 m.") == "3.5 m"
     rows = [row("1", "A", "A", options=("a stop sign", "x"), direct_answers=["stop sign", "Stop Sign", "sign"])]
-    assert metrics.aokvqa_direct(rows)["direct_answer"] == pytest.approx(2 / 3)
+    assert aokvqa_direct(rows)["direct_answer"] == pytest.approx(2 / 3)
 
 
 def test_aokvqa_without_direct_answers_is_an_error():
     with pytest.raises(ValueError, match="direct answers"):
-        metrics.aokvqa_direct([row("1", "A", "A")])
+        aokvqa_direct([row("1", "A", "A")])
 
 
 # ---------------------------------------------------------------- MME
@@ -117,7 +123,7 @@ def mme_rows():
 
 
 def test_mme_acc_plus_and_scores():
-    result = metrics.mme(mme_rows())
+    result = mme_scores(mme_rows())
     color = result["subtasks"]["color"]
     assert (color["acc"], color["acc_plus"], color["score"]) == (75.0, 50.0, 125.0)
     assert (color["n"], color["n_images"], color["l2_category"]) == (4, 2, "perception")
@@ -141,7 +147,7 @@ def pope_rows():
 
 
 def test_pope_precision_recall_f1_and_yes_ratio():
-    result = metrics.pope(pope_rows())
+    result = pope_scores(pope_rows())
     overall = result["overall"]
     # TP 2, FP 1, FN 2 (a "no" and a "none"), TN 3; 3 "yes" predictions of 8.
     assert overall["n"] == 8
@@ -161,29 +167,36 @@ def test_pope_precision_recall_f1_and_yes_ratio():
 
 def test_pope_needs_yes_no_answers():
     with pytest.raises(ValueError, match="not yes/no"):
-        metrics.pope([row("1", "A", "A")])
+        pope_scores([row("1", "A", "A")])
 
 
 # ---------------------------------------------------------------- summary
 
 def test_summary_labels_exact_match_and_circular_apart():
     rows = circular_rows()
-    result = metrics.summary(rows)
+    result = summary(rows)
     assert set(result) == {"exact_match", "circular"}
     assert result["exact_match"]["overall"] == pytest.approx(8 / 9) and result["exact_match"]["n"] == 9
     assert result["circular"]["overall"] == pytest.approx(2 / 3) and result["circular"]["n"] == 3
     # No group with more than one row: no circular block.
-    assert set(metrics.summary([row("1", "A", "A"), row("2", "A", "B")])) == {"exact_match"}
+    assert set(summary([row("1", "A", "A"), row("2", "A", "B")])) == {"exact_match"}
 
 
 def test_summary_adds_the_benchmark_blocks():
-    mme = metrics.summary(mme_rows(), "mme")
+    mme = summary(mme_rows(), "mme")
     assert set(mme) == {"exact_match", "circular", "mme"} and mme["mme"]["total"] == 375.0
-    assert "mme" not in metrics.summary(mme_rows())
-    pope = metrics.summary(pope_rows(), "pope")
+    assert "mme" not in summary(mme_rows())
+    pope = summary(pope_rows(), "pope")
     assert set(pope) == {"exact_match", "pope"}
     assert pope["pope"]["overall"]["f1"] == pytest.approx(4 / 7)
-    aokvqa = metrics.summary([row("1", "A", "A", direct_answers=["red"] * 3), row("2", "A", "B")], "aokvqa")
+    aokvqa = summary([row("1", "A", "A", direct_answers=["red"] * 3), row("2", "A", "B")], "aokvqa")
     assert set(aokvqa) == {"exact_match", "aokvqa_direct"}
     assert aokvqa["aokvqa_direct"] == {"direct_answer": 1.0, "n": 1}
     assert not math.isnan(aokvqa["exact_match"]["overall"])
+    # The formats without a metric of their own add nothing; a POPE run needs yes/no rows.
+    for kind in ("mmbench", "seedbench", "jsonl"):
+        assert set(summary(circular_rows(), kind)) == {"exact_match", "circular"}
+    with pytest.raises(ValueError, match="benchmark kind 'pope' but no yes_no predictions"):
+        summary([row("1", "A", "A")], "pope")
+    with pytest.raises(ValueError, match="unknown benchmark kind 'vqav2'"):
+        summary(circular_rows(), "vqav2")

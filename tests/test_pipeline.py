@@ -55,7 +55,8 @@ def repo(tmp_path_factory):
     for args in (["git", "init", "-q"], ["git", "add", "-A"],
                  ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"]):
         _run(args, root, env)
-    _run(["dvc", "repro"], root, env)
+    # Every params key a stage reads is recorded, to compare with what it declares.
+    _run(["dvc", "repro"], root, dict(env, MMLOOP_RECORD_READS=str(root / "reads.tsv")))
     return root, env
 
 
@@ -66,6 +67,67 @@ def test_repro_writes_the_history(repo):
         rows = list(csv.DictReader(handle))
     assert [row["iteration"] for row in rows] == ["0", "1", "2"]
     assert {"overall", "count", "spatial"} <= set(rows[0])
+
+
+@pytest.mark.slow
+def test_each_stage_reads_every_params_key_it_declares(repo):
+    from mmloop import graph
+
+    root, _ = repo
+    read: dict[str, set[str]] = {}
+    for line in (root / "reads.tsv").read_text().splitlines():
+        stage, key = line.split("\t")
+        read.setdefault(stage, set()).add(key)
+    declared = {path.stem: set(graph.load_stage_module(path).PARAMS) for path in (root / "stages").glob("*.py")}
+    # The openai teacher's keys are read only with that backend (another test runs it).
+    assert {stage: keys for stage, keys in declared.items() if keys} == read
+
+
+def _stale(root, env, edit, undo) -> dict:
+    edit()
+    try:
+        return json.loads(_run(["dvc", "status", "--json"], root, env))
+    finally:
+        undo()
+
+
+@pytest.mark.slow
+def test_answer_format_makes_the_stages_that_read_it_stale_and_everything_downstream(repo):
+    root, env = repo
+    original = (root / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params["answer_format"] = "letter"
+    stale = _stale(root, env, lambda: (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False)),
+                   lambda: (root / "params.yaml").write_text(original))
+    iterations = params["loop"]["iterations"]
+    assert set(stale) == {"curate", "evaluate-base", *(f"{stage}@{name}" for stage in ("generate", "evaluate")
+                                                          for name in iterations)}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        out = _run(["dvc", "repro", "--dry"], root, env)
+    finally:
+        (root / "params.yaml").write_text(original)
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == set(yaml.safe_load((root / "dvc.lock").read_text())["stages"]) - {"world", "bench", "clip"}
+
+
+@pytest.mark.slow
+def test_editing_a_source_file_named_in_params_makes_curate_stale(repo):
+    root, env = repo
+    source = root / yaml.safe_load((root / "params.yaml").read_text())["curate"]["sources"][0]["captions"]
+    original = source.read_bytes()
+    stale = _stale(root, env, lambda: source.write_bytes(original + b"\n"), lambda: source.write_bytes(original))
+    changed = [entry["changed deps"] for entry in stale["curate"] if "changed deps" in entry]
+    assert changed == [{str(source.relative_to(root)): "modified"}]
+
+
+@pytest.mark.slow
+def test_editing_the_question_programs_makes_eliminate_stale(repo):
+    root, env = repo
+    module = root / "src" / "mmloop" / "questions.py"
+    original = module.read_text()
+    stale = _stale(root, env, lambda: module.write_text(original + "\n# edited\n"), lambda: module.write_text(original))
+    assert {"eliminate@1", "eliminate@2", "curate", "bench"} <= set(stale)
 
 
 @pytest.mark.slow
@@ -126,6 +188,8 @@ def test_the_loop_runs_with_the_openai_teacher_on_a_local_server(repo):
             "timeout": 0.5, "backoff_base": 0.01, "backoff_max": 0.2, "max_attempts": 10, "image_mode": "image",
             "image_max_side": 64, "prompt": "prompts/generate.j2"}
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        # The teacher now reads its template and the previous bad cases: declare them.
+        _run(["mmloop", "graph", "--write"], root, env)
         out = _run(["dvc", "repro"], root, dict(env, MMLOOP_TEST_KEY=secret))
         attempts = sum(server.counters.attempts.values())
     finally:

@@ -1,10 +1,10 @@
-"""mmloop.prompts: front matter, rendering, hashes, versions; and the shipped generation template."""
+"""mmloop.teachers.prompts: front matter, rendering, hashes, versions; and the shipped generation template."""
 
 from pathlib import Path
 
 import pytest
 
-from mmloop import prompts
+from mmloop.teachers import prompts
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = "---\nid: demo\nversion: 2\ntask: generate\noutput_schema: {mcq: {type: object}}\nnote: hi\n---\nAsk about {{ category }}.\n"

@@ -4,7 +4,8 @@ import io
 import numpy as np
 import pytest
 
-from mmloop import sampling
+from mmloop.config import SampleConfig
+from mmloop.loop import sampling
 from mmloop.schema import sample
 
 CATEGORIES = ("colour", "count", "spatial")
@@ -46,7 +47,7 @@ def _run(config, *, errors=None, badcounts=None, pool_size=400, seed=7):
 
 
 def test_abs_allocation_follows_error_rates_and_sums_to_budget():
-    (records, summary), *_ = _run(sampling.SamplingConfig(budget=100))
+    (records, summary), *_ = _run(SampleConfig(budget=100))
     allocation = summary["allocation"]
     assert sum(allocation.values()) == 100 == len(records)
     assert allocation["colour"] < allocation["count"] < allocation["spatial"]
@@ -56,7 +57,7 @@ def test_abs_allocation_follows_error_rates_and_sums_to_budget():
 
 
 def test_uniform_splits_equally():
-    (records, summary), *_ = _run(sampling.SamplingConfig(budget=100, strategy="uniform"))
+    (records, summary), *_ = _run(SampleConfig(budget=100, strategy="uniform"))
     assert summary["allocation"] == {"colour": 34, "count": 33, "spatial": 33}
 
 
@@ -72,11 +73,11 @@ def test_smoothing_never_gives_zero_or_one():
     weights = sampling.category_weights(rates)
     assert weights["colour"] > 0 and sampling.allocate(weights, 200)["colour"] >= 1
     with pytest.raises(ValueError, match="smoothing"):
-        sampling.SamplingConfig(smoothing=0).check()
+        SampleConfig(smoothing=0)
 
 
 def test_no_pool_image_is_reused_and_neighbours_are_nearer():
-    (records, summary), cases, embeddings, vectors = _run(sampling.SamplingConfig(budget=300, top_k=4))
+    (records, summary), cases, embeddings, vectors = _run(SampleConfig(budget=300, top_k=4))
     shas = [r["image_sha256"] for r in records]
     assert len(set(shas)) == len(shas) == 300
     assert len({r["sample_id"] for r in records}) == 300
@@ -86,20 +87,20 @@ def test_no_pool_image_is_reused_and_neighbours_are_nearer():
 
 def test_budget_larger_than_pool_is_an_error():
     with pytest.raises(ValueError, match="exceeds the unlabeled pool"):
-        _run(sampling.SamplingConfig(budget=50), pool_size=40)
+        _run(SampleConfig(budget=50), pool_size=40)
 
 
 def test_random_ratio_is_respected():
-    (records, summary), *_ = _run(sampling.SamplingConfig(budget=200, random_ratio=0.25))
+    (records, summary), *_ = _run(SampleConfig(budget=200, random_ratio=0.25))
     operators = [r["provenance"]["operator"] for r in records]
     assert operators.count("random") == summary["random"] == 50
     assert operators.count("neighbour") == 150
-    (records, _), *_ = _run(sampling.SamplingConfig(budget=50, random_ratio=0.0))
+    (records, _), *_ = _run(SampleConfig(budget=50, random_ratio=0.0))
     assert {r["provenance"]["operator"] for r in records} == {"neighbour"}
 
 
 def test_same_seed_same_queries_and_other_seed_differs():
-    config = sampling.SamplingConfig(budget=120)
+    config = SampleConfig(budget=120)
     (first, _), *_ = _run(config, seed=3)
     (second, _), *_ = _run(config, seed=3)
     (third, _), *_ = _run(config, seed=4)
@@ -108,7 +109,7 @@ def test_same_seed_same_queries_and_other_seed_differs():
 
 
 def test_lineage_fields_and_in_context_cases():
-    (records, _), cases, embeddings, vectors = _run(sampling.SamplingConfig(budget=60, in_context=2))
+    (records, _), cases, embeddings, vectors = _run(SampleConfig(budget=60, in_context=2))
     by_id = {case["sample_id"]: case for case in cases}
     for record in records:
         assert record["origin"] == "query" and record["iteration"] == 1
@@ -124,7 +125,7 @@ def test_lineage_fields_and_in_context_cases():
 
 
 def test_category_without_badcases_gets_random_images():
-    (records, summary), *_ = _run(sampling.SamplingConfig(budget=90),
+    (records, summary), *_ = _run(SampleConfig(budget=90),
                                   badcounts={"colour": 0, "count": 3, "spatial": 1})
     colour = [r for r in records if r["category"] == "colour"]
     assert colour and len(colour) == summary["allocation"]["colour"]
@@ -144,6 +145,18 @@ def test_attribute_agreement_counts_shared_objects():
     result = sampling.attribute_agreement(records, {"b": {"image_sha256": "a"}}, objects)
     assert result["neighbour"] == {"n": 1, "shares_object": 1.0, "colour_jaccard": 0.5}
     assert result["random"]["shares_object"] == 0.0
+
+
+def test_objects_by_sha_reads_colour_and_shape_through_the_coco_reader():
+    instances = {"images": [{"id": 1, "sha256": "p1"}, {"id": 2, "sha256": "p2"}],
+                 "categories": [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}],
+                 "annotations": [{"id": 1, "image_id": 1, "category_id": 2, "bbox": [0, 0, 8, 8],
+                                  "attributes": {"colour": "red"}},
+                                 {"id": 2, "image_id": 1, "category_id": 1, "bbox": [8, 8, 8, 8]}]}
+    assert sampling.objects_by_sha(instances) == {"p1": [("red", "square"), (None, "circle")], "p2": []}
+    instances["annotations"][1]["category_id"] = 3
+    with pytest.raises(ValueError, match=r"pool\.json: annotations\[1\] \(id 2\): category_id 3 is not in"):
+        sampling.objects_by_sha(instances, source="pool.json")
 
 
 def test_badcase_image_from_bench_tsv(tmp_path):

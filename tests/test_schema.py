@@ -26,3 +26,11 @@ def test_sample_id_depends_on_content():
     assert first == schema.make_sample_id("abc", turns, "seed")
     assert first != schema.make_sample_id("abd", turns, "seed")
     assert first != schema.make_sample_id("abc", turns, "generated")
+
+
+def test_reject_reasons_are_named_once_and_group_by_who_rejects():
+    assert len(set(schema.REJECT_REASONS)) == len(schema.REJECT_REASONS)
+    assert set(schema.REJECT_REASONS) == {*schema.ELIMINATION_REASONS, *schema.EVOLUTION_REASONS,
+                                          *schema.TEACHER_REASONS}
+    # Elimination checks answers before CLIP, and exact before near duplicates.
+    assert schema.ELIMINATION_REASONS == ("answer_mismatch", "clip_low", "duplicate", "near_duplicate")

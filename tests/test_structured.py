@@ -1,27 +1,29 @@
-"""mmloop.structured: repairs of common JSON breakage, validation, and the Skip way out."""
+"""mmloop.teachers.structured: repairs of common JSON breakage, validation, and the Skip way out."""
 
 import json
 
 import pytest
 
-from mmloop import structured
+from mmloop.teachers import structured
 
 ITEM = {"question": "What colour is the circle?", "options": ["red", "blue", "green"], "answer": "red",
         "rationale": "It is red."}
 
 
-@pytest.mark.parametrize("text, repair", [
-    ("```json\n" + json.dumps([ITEM]) + "\n```", "code_fence"),
-    (json.dumps([ITEM])[:-2] + "},\n]", "trailing_comma"),
-    ("Here you go: " + json.dumps([ITEM]) + " Hope it helps.", "surrounding_text"),
-    (json.dumps({"items": [ITEM]}), "wrapped_list"),
-    (json.dumps(ITEM), "single_object"),
-    (json.dumps([ITEM]).replace('"red",', '\u201cred\u201d,', 1), "smart_quotes"),
+@pytest.mark.parametrize("text, repairs", [
+    ("```json\n" + json.dumps([ITEM]) + "\n```", ["json_syntax"]),  # a code fence
+    (json.dumps([ITEM])[:-2] + "},\n]", ["json_syntax"]),  # a trailing comma
+    ("Here you go: " + json.dumps([ITEM]) + " Hope it helps.", ["json_syntax"]),  # prose around it
+    (json.dumps([ITEM]).replace('"red",', '\u201cred\u201d,', 1), ["json_syntax"]),  # typographic quotes
+    ("Sure! " + json.dumps(ITEM), ["json_syntax", "single_object"]),
+    (json.dumps({"items": [ITEM]}), ["wrapped_list"]),
+    (json.dumps(ITEM), ["single_object"]),
+    (json.dumps([ITEM]), []),
 ])
-def test_common_breakage_is_repaired_and_reported(text, repair):
+def test_common_breakage_is_repaired_and_reported(text, repairs):
     result = structured.parse_reply(text, "mcq")
     assert result.status == structured.OK, result.reason
-    assert result.items == [ITEM] and repair in result.repairs
+    assert result.items == [ITEM] and result.repairs == repairs
 
 
 def test_trailing_comma_inside_a_string_is_left_alone():
@@ -43,7 +45,7 @@ def test_a_question_mentioning_skip_is_not_a_skip():
 @pytest.mark.parametrize("text, reason", [
     ("", "empty reply"),
     ("I cannot help with that.", "parse: no JSON"),
-    ('[{"question": "What colour', "parse:"),
+    ('[{"question": "What colour', "schema: item: 'options' is a required property"),  # truncated: repaired, incomplete
     (json.dumps([dict(ITEM, answer="purple")]), "not one of the options"),
     (json.dumps([dict(ITEM, options=["red", "Red"])]), "not unique"),
     (json.dumps([{"question": "Q?", "answer": "red"}]), "schema: item: 'options' is a required property"),

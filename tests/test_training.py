@@ -4,7 +4,11 @@ import random
 
 import pytest
 
-from mmloop import questions, training, vlm, world
+from mmloop import questions
+from mmloop.config import BaseConfig
+from mmloop.loop import training
+from mmloop.models import vlm
+from mmloop.world import scenes as world
 
 CONFIG = world.WorldConfig(splits={"seed": 24})
 
@@ -84,8 +88,8 @@ def test_the_projector_reads_the_towers_patch_embeddings(data):
 def test_fit_lowers_the_loss(data):
     root, records = data
     model, processor = tiny_model(records)
-    stats = training.train_base(model, processor, records, training.TrainSettings(epochs=6, batch_size=8, lr=3e-3),
-                                data_root=root)
+    stats = training.train_base(model, processor, records, BaseConfig(epochs=6, batch_size=8, lr=3e-3),
+                                seed=0, data_root=root)
     assert stats["steps"] == 6 * 3
     assert stats["final_loss"] < 0.5 * stats["first_loss"]
 
@@ -94,9 +98,9 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_where_an_unbroken_run
     import torch
 
     root, records = data
-    settings = training.TrainSettings(epochs=4, batch_size=8, lr=3e-3)
+    settings = BaseConfig(epochs=4, batch_size=8, lr=3e-3)
     unbroken, processor = tiny_model(records)
-    training.train_base(unbroken, processor, records, settings, data_root=root)
+    training.train_base(unbroken, processor, records, settings, seed=0, data_root=root)
 
     checkpoint = tmp_path / "ckpt.pt"
     model, processor = tiny_model(records)
@@ -111,13 +115,13 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_where_an_unbroken_run
 
     monkeypatch.setattr(training, "collate", dies_at_step_7)
     with pytest.raises(KeyboardInterrupt):
-        training.fit(model, processor, records, settings, data_root=root, checkpoint=checkpoint, checkpoint_every=3)
+        training.fit(model, processor, records, settings, seed=0, data_root=root, checkpoint=checkpoint, checkpoint_every=3)
     assert checkpoint.is_file()
     monkeypatch.setattr(training, "collate", real_collate)
 
     model, processor = tiny_model(records)
     training.freeze_vision_tower(model)
-    stats = training.fit(model, processor, records, settings, data_root=root, checkpoint=checkpoint,
+    stats = training.fit(model, processor, records, settings, seed=0, data_root=root, checkpoint=checkpoint,
                          checkpoint_every=3)
     assert stats["resumed_from"] == 6 and stats["steps"] == 12 and not checkpoint.exists()
     for (name, a), b in zip(unbroken.state_dict().items(), model.state_dict().values()):

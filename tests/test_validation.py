@@ -129,6 +129,14 @@ def test_rejected_row_needs_reason(good_rows, tmp_path):
     assert "gen-1" not in str(error)
 
 
+def test_every_declared_reject_reason_is_accepted_and_no_other(images, tmp_path):
+    rows = [make_row(f"gen-{reason}", *images[0], kept=False, reject_reason=reason) for reason in schema.REJECT_REASONS]
+    validate(rows, "samples", source="rejected.parquet", iteration=1, data_root=tmp_path)
+    rows.append(make_row("gen-typo", *images[1], kept=False, reject_reason="clip_lo"))
+    error = check_fails(rows, "samples", tmp_path, ids=["gen-typo"], expectation="check_verdict_consistent")
+    assert "gen-clip_low" not in str(error)
+
+
 def query_rows(images):
     return [make_row(f"que-{index}", *images[index], origin="query", conversations=[], format="mcq",
                      question=None, options=[], answer=None, parent_ids=[f"badcase-0-shapes-{index}"],

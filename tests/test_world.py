@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from mmloop import questions, world
+from mmloop import config, questions
 from mmloop.io import sha256_file
+from mmloop.world import scenes as world
 
 SMALL = world.WorldConfig(splits={"seed": 40, "pool": 30, "bench": 20})
 
@@ -78,9 +79,9 @@ def test_every_family_can_be_asked_on_the_world():
 
 
 def test_bad_params_name_the_key():
-    with pytest.raises(ValueError, match="world.colours"):
-        world.WorldConfig.from_params({"colours": ["red", "mauve"]})
-    with pytest.raises(ValueError, match="unknown key"):
-        world.WorldConfig.from_params({"colors": ["red"]})
-    with pytest.raises(ValueError, match="multiple of grid"):
-        world.WorldConfig.from_params({"image_size": 60, "grid": 8})
+    with pytest.raises(ValueError, match=r"world: .*colours must be a non-empty subset .*got \['red', 'mauve'\]"):
+        config.parse({"world": {"colours": ["red", "mauve"]}})
+    with pytest.raises(ValueError, match=r"world\.colors: Extra inputs are not permitted"):
+        config.parse({"world": {"colors": ["red"]}})
+    with pytest.raises(ValueError, match=r"world: .*image_size \(60\) must be a multiple of grid \(8\)"):
+        config.parse({"world": {"image_size": 60, "grid": 8}})

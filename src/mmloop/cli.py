@@ -18,53 +18,60 @@ def _lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _graph(args: argparse.Namespace) -> int:
+    from mmloop import graph
+
+    if args.write:
+        print("dvc.yaml: deps and params rewritten" if graph.write() else "dvc.yaml: already true")
+        return 0
+    difference = graph.check()
+    print("\n".join(difference) if difference else "dvc.yaml: every stage declares what it reads")
+    return 1 if difference else 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     """Evaluate a model on a benchmark file: the DVC evaluate stage's run, on its own."""
     from pathlib import Path
 
-    from mmloop import evaluation, loaders, vlm
-    from mmloop.params import load_params
+    from mmloop import config
+    from mmloop.eval import benchmarks, evaluation
+    from mmloop.eval.prompts import HARNESS_ANSWER_FORMAT
+    from mmloop.models import vlm
 
-    # Defaults come from the repository's params.yaml when there is one, so this reproduces the stage.
-    params = load_params(args.params) if Path(args.params).is_file() else {}
-    section = dict(params.get("evaluate") or {})
     overrides = {"mode": args.mode, "rounds": args.rounds, "round_source": args.round_source,
                  "circular": args.circular, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
-                 "judge": args.judge}
-    section.update({key: value for key, value in overrides.items() if value is not None})
-    answer_format = args.answer_format or str(params.get("answer_format", "letter"))
+                 "judge": args.judge, "threads": args.threads}
     try:
-        settings = evaluation.EvalSettings.from_params(section, answer_format)
-        kind = args.format or loaders.guess_format(args.bench)
-        items = loaders.load_benchmark(args.bench, kind, image_dir=args.image_dir)
+        # Defaults come from the repository's params.yaml when there is one, so this reproduces the stage.
+        has_params = Path(args.params).is_file()
+        params = config.read(args.params) if has_params else config.Params()
+        settings = config.EvaluateConfig(**{**params.evaluate.model_dump(),
+                                            **{key: value for key, value in overrides.items() if value is not None}})
+        answer_format = args.answer_format or (params.answer_format if has_params else HARNESS_ANSWER_FORMAT)
+        kind = args.format or benchmarks.guess_format(args.bench)
+        items = benchmarks.load_benchmark(args.bench, kind, image_dir=args.image_dir)
     except (FileNotFoundError, ValueError) as err:
         print(f"mmloop eval: {err}", file=sys.stderr)
         return 1
-    vlm.set_threads(args.threads)
+    vlm.set_threads(settings.threads)
     model, processor = vlm.load(args.model)
-    name = args.name or Path(args.bench).stem
     items, predictions, metrics = evaluation.run_benchmark(
-        model, processor, items, settings, kind=kind, benchmark=name, model_name=vlm.model_name(args.model),
-        iteration=args.iteration)
+        model, processor, items, settings, answer_format, kind=kind, benchmark=args.name or Path(args.bench).stem,
+        model_name=vlm.model_name(args.model), iteration=args.iteration)
     print(evaluation.format_table(metrics))
     if args.out:
-        from mmloop.io import atomic_path, write_json
-        from mmloop.schema import prediction_schema, write_samples
-
-        single_round = [row for row in predictions if not row["rounds"]]
-        bad = evaluation.badcases(single_round, items, args.iteration, args.data_root, source=Path(args.bench).name,
-                                  answer_format=settings.answer_format)
-        metrics["badcases"] = len(bad)
-        with atomic_path(args.out, directory=True) as out:
-            write_samples(predictions, out / "predictions.parquet", schema=prediction_schema())
-            write_samples(bad, out / "badcases.parquet")
-            write_json(out / "metrics.json", metrics)
-        print(f"wrote {args.out}/predictions.parquet, badcases.parquet, metrics.json")
+        try:
+            evaluation.publish(args.out, items, predictions, metrics, iteration=args.iteration,
+                               answer_format=answer_format, source=Path(args.bench).name, data_root=args.data_root)
+        except ValueError as err:  # a failing validation suite: nothing was written
+            print(f"mmloop eval: not written to {args.out}: {err}", file=sys.stderr)
+            return 1
+        print(f"wrote {args.out}/{evaluation.PREDICTIONS_FILE}, {evaluation.BADCASES_FILE}, {evaluation.METRICS_FILE}")
     return 0
 
 
 def _prompts_review(args: argparse.Namespace) -> int:
-    from mmloop import ipo
+    from mmloop.teachers import ipo
 
     out = args.out or f"metrics/prompts/review-iter={args.iteration}.html"
     try:
@@ -80,13 +87,15 @@ def _prompts_review(args: argparse.Namespace) -> int:
 
 
 def _prompts_propose(args: argparse.Namespace) -> int:
-    from mmloop import ipo
-    from mmloop.params import load_params
+    from mmloop import config
+    from mmloop.teachers import ipo
 
-    params = load_params(args.params)
-    template = args.template or (params.get("generate") or {}).get("openai", {}).get("prompt", "prompts/generate.j2")
     try:
-        out = ipo.propose(args.iteration, template, params.get("generate") or {}, data_root=args.data_root)
+        teacher = config.read(args.params).generate.openai
+        if teacher is None:
+            raise ValueError(f"{args.params}: generate.openai is not set; it configures the teacher that proposes "
+                             "the revision")
+        out = ipo.propose(args.iteration, args.template or teacher.prompt, teacher, data_root=args.data_root)
     except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as err:
         print(f"mmloop prompts propose: {err}", file=sys.stderr)
         return 1
@@ -96,8 +105,8 @@ def _prompts_propose(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mmloop.evaluation import MODES, ROUND_SOURCES  # both light: no torch until a command runs
-    from mmloop.loaders import FORMATS
+    from mmloop.config import ANSWER_FORMATS, EVAL_MODES, ROUND_SOURCES  # light: no torch until a command runs
+    from mmloop.eval.benchmarks import FORMATS
 
     parser = argparse.ArgumentParser(prog="mmloop", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.add_argument("--data-root", default="data", help="where the pipeline's parquet files live (default: data)")
     lineage.set_defaults(run=_lineage)
 
+    graph = commands.add_parser("graph", help="check (or --write) dvc.yaml's deps and params against what the "
+                                              "stages read")
+    graph.add_argument("--write", action="store_true", help="rewrite dvc.yaml's deps and params")
+    graph.set_defaults(run=_graph)
+
     evaluate = commands.add_parser("eval", help="evaluate a model on a benchmark file and print a per-category table")
     evaluate.add_argument("--model", required=True, help="a local model folder or a hub id")
     evaluate.add_argument("--bench", required=True, help="a benchmark file or folder (MMBench TSV, A-OKVQA, POPE, "
@@ -114,20 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--format", choices=FORMATS,
                           help="the benchmark format (default: guessed from the file)")
     evaluate.add_argument("--image-dir", help="where the benchmark's image files are (default: beside the file)")
-    evaluate.add_argument("--mode", choices=MODES, help="option log-likelihood or generation "
+    evaluate.add_argument("--mode", choices=EVAL_MODES, help="option log-likelihood or generation "
                           "plus answer extraction (default: params evaluate.mode, else loglik)")
     evaluate.add_argument("--rounds", type=int, help="also score each question after this many earlier turns")
     evaluate.add_argument("--round-source", choices=ROUND_SOURCES,
                           help="earlier turns: other questions on the same image, or generic instructions")
     evaluate.add_argument("--circular", action=argparse.BooleanOptionalAction, default=None,
                           help="CircularEval: also score every rotation of each item's options")
-    evaluate.add_argument("--answer-format", choices=["letter", "option"],
+    evaluate.add_argument("--answer-format", choices=ANSWER_FORMATS,
                           help="replies name the option by letter or by text (default: params answer_format, "
                           "else letter)")
     evaluate.add_argument("--judge", help="'package.module:function' that picks an answer when extraction fails")
     evaluate.add_argument("--batch-size", type=int)
     evaluate.add_argument("--max-new-tokens", type=int)
-    evaluate.add_argument("--threads", type=int, default=2)
+    evaluate.add_argument("--threads", type=int, help="CPU threads (default: params evaluate.threads)")
     evaluate.add_argument("--iteration", type=int, default=0, help="the iteration recorded in the outputs")
     evaluate.add_argument("--name", help="the benchmark's name in item ids (default: the file's stem)")
     evaluate.add_argument("--out", help="a folder for predictions.parquet, badcases.parquet and metrics.json")

@@ -20,7 +20,8 @@ Field meanings:
 - provenance: who made it and how (backend, model, prompt, request hash, operator,
   round, the question program as JSON, the source file).
 - scores: filter scores; null when not computed.
-- kept / reject_reason: the elimination verdict; null before elimination.
+- kept / reject_reason: the verdict, reject_reason one of REJECT_REASONS; null before elimination
+  (a teacher's rows that produced no item arrive already rejected).
 
 Benchmark predictions have their own schema (`prediction_schema`).
 """
@@ -38,6 +39,8 @@ ORIGINS = ("seed", "badcase", "query", "generated", "evolved", "self", "preferen
 FORMATS = ("mcq", "short", "open", "yes_no", "caption", "conversation")
 ROLES = ("system", "user", "assistant")
 OPTION_LETTERS = "ABCDEFGH"
+# A benchmark prediction from which no option could be extracted.
+NO_PREDICTION = "none"
 MIXED_CATEGORY = "mixed"
 # What a teacher needs of a query to write a sample for it.
 QUERY_FIELDS = ("sample_id", "image", "image_sha256", "category")
@@ -47,6 +50,18 @@ PROVENANCE_FIELDS = (
     "operator", "round", "program", "source",
 )
 SCORE_FIELDS = ("clip", "evolution_gain", "judge", "visual_independence", "duplicate_cluster")
+
+# Why a row has kept=False (`reject_reason`): one name per reason, whoever rejects the row.
+# Elimination's verdicts, in the order it checks them.
+ANSWER_MISMATCH, CLIP_LOW, DUPLICATE, NEAR_DUPLICATE = "answer_mismatch", "clip_low", "duplicate", "near_duplicate"
+ELIMINATION_REASONS = (ANSWER_MISMATCH, CLIP_LOW, DUPLICATE, NEAR_DUPLICATE)
+# MMEvol's judge verdicts on an evolved child against its parent.
+VISUALLY_INDEPENDENT, NO_GAIN, JUDGE_LOW = "visually_independent", "no_gain", "judge_low"
+EVOLUTION_REASONS = (VISUALLY_INDEPENDENT, NO_GAIN, JUDGE_LOW)
+# A teacher's queries that produced no item (the row keeps the prompt and the reply for review).
+SKIPPED, PARSE_FAILED, REQUEST_FAILED = "skipped", "parse_failed", "request_failed"
+TEACHER_REASONS = (SKIPPED, PARSE_FAILED, REQUEST_FAILED)
+REJECT_REASONS = (*ELIMINATION_REASONS, *EVOLUTION_REASONS, *TEACHER_REASONS)
 
 
 @functools.cache
@@ -86,12 +101,12 @@ def sample_schema():
 
 @functools.cache
 def prediction_schema():
-    """One row per scored benchmark item (see `mmloop.evaluation`).
+    """One row per scored benchmark item (see `mmloop.eval.evaluation`).
 
     - item: "<benchmark>-<index>"; group: the item's CircularEval / MME image-pair group.
     - mode: "loglik" (option log-likelihood) or "generate" (generation plus extraction).
     - answer / prediction: letters for mcq items, "yes"/"no" for yes_no items; a prediction
-      that no option could be extracted from is "none".
+      that no option could be extracted from is NO_PREDICTION ("none").
     - raw_output: the generated text (null in loglik mode); extracted_by: which extraction
       step produced the prediction ("letter", "option_text", "yes_no", "judge", "none",
       or "loglik").
@@ -128,7 +143,7 @@ def prediction_schema():
 
 # ---------------------------------------------------------------- benchmark items
 
-# Every benchmark loader (`mmloop.loaders`) normalises its format to these fields:
+# Every benchmark reader (`mmloop.eval.benchmarks`) normalises its format to these fields:
 # - index: unique within the benchmark (str); question; hint (None when absent);
 # - answer_type: "mcq" (options lettered A.., answer a letter) or "yes_no" (no options,
 #   answer "yes" or "no");

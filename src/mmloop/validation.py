@@ -20,7 +20,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mmloop.schema import FORMATS, OPTION_LETTERS, ROLES
+from mmloop.questions import YES_NO
+from mmloop.schema import FORMATS, NO_PREDICTION, OPTION_LETTERS, REJECT_REASONS, ROLES
 
 SUITES = ("samples", "queries", "badcases", "predictions")
 
@@ -30,11 +31,6 @@ SUITE_ORIGINS = {
     "queries": ("query",),
     "badcases": ("badcase",),
 }
-
-# Elimination's reasons, evolution's judge verdicts, and the LLM teacher's rows that produced no item.
-REJECT_REASONS = ("clip_low", "answer_mismatch", "duplicate", "near_duplicate",
-                  "visually_independent", "no_gain", "judge_low",
-                  "skipped", "parse_failed", "request_failed")
 
 # Score columns (flattened from the `scores` struct) and their allowed ranges; nulls are allowed.
 SCORE_RANGES = {
@@ -288,10 +284,10 @@ def _prediction_valid(prediction, options, answer_type="mcq") -> bool:
     if _is_null(prediction):
         return False
     if answer_type == "yes_no":
-        return prediction in ("yes", "no", "none")
+        return prediction in (*YES_NO, NO_PREDICTION)
     options = _as_list(options)
     letters = OPTION_LETTERS[:len(options)] if options else OPTION_LETTERS
-    return prediction == "none" or prediction in letters
+    return prediction == NO_PREDICTION or prediction in letters
 
 
 def _true_expectations(frame) -> list:

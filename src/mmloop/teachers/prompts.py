@@ -29,6 +29,8 @@ from typing import Any
 from mmloop.io import sha256_bytes
 
 PROMPTS_DIR = Path("prompts")
+# A regex and yaml.safe_load, not python-frontmatter: the file's exact bytes are hashed as the
+# prompt version, and the body must stay byte for byte as written (the library strips it).
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)\n---[ \t]*\n", re.S)
 REQUIRED_KEYS = ("id", "task")
 

@@ -34,11 +34,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
+from mmloop.questions import YES_NO
 from mmloop.schema import OPTION_LETTERS
 
 Judge = Callable[[str | None, Sequence[str], str], str | None]
 NONE = ("none", "none")
-YES_NO = ("yes", "no")
 
 
 def extract_choice(text: str | None, options: Sequence[str], *, judge: Judge | None = None,

@@ -32,91 +32,18 @@ import os
 import random
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmloop.config import CocoSource, CurateConfig, LlavaSource
 from mmloop.io import read_json, sha256_file, stable_hash
 from mmloop.schema import MIXED_CATEGORY, make_sample_id, sample
 
-KINDS = ("coco", "llava")
-SOURCE_KEYS = {"coco": ("kind", "instances", "captions", "image_folder"),
-               "llava": ("kind", "path", "image_folder")}
 TURN_FORMATS = ("mcq", "short", "caption")
 LLAVA_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 IMAGE_PLACEHOLDER = re.compile(r"[ \t]*<image>[ \t]*\n?")
 # How often one family is retried on an image for a question not yet asked there.
 QUESTION_ATTEMPTS = 8
-
-
-# ---------------------------------------------------------------- settings
-
-@dataclass(frozen=True)
-class CurateConfig:
-    sources: tuple[dict[str, Any], ...]
-    turns_per_image: int = 6
-    mcq_ratio: float = 0.75
-    family_weights: dict[str, float] = field(default_factory=dict)
-    answer_format: str = "letter"  # params.yaml's top-level answer_format: how mcq turns reply
-
-    @classmethod
-    def from_params(cls, section: Mapping[str, Any] | None, answer_format: str = "letter") -> "CurateConfig":
-        """Checked settings from params.yaml's `curate` section; errors name the key."""
-        from mmloop.questions import FAMILIES, check_answer_format
-
-        def fail(message: str) -> None:
-            raise ValueError(f"params.yaml: curate.{message}")
-
-        section = dict(section or {})
-        unknown = set(section) - {"sources", "turns_per_image", "mcq_ratio", "family_weights"}
-        if unknown:
-            raise ValueError(f"params.yaml: curate has unknown key(s) {sorted(unknown)} "
-                             f"(known: sources, turns_per_image, mcq_ratio, family_weights)")
-        sources = section.get("sources")
-        if not isinstance(sources, list) or not sources:
-            fail(f"sources must be a non-empty list of {{kind: {'|'.join(KINDS)}, ...}}, got {sources!r}")
-        checked = []
-        for index, source in enumerate(sources):
-            where = f"sources[{index}]"
-            if not isinstance(source, Mapping):
-                fail(f"{where} must be a mapping, got {source!r}")
-            kind = source.get("kind")
-            if kind not in KINDS:
-                fail(f"{where}.kind must be one of {', '.join(KINDS)}, got {kind!r}")
-            extra = set(source) - set(SOURCE_KEYS[kind])
-            if extra:
-                fail(f"{where} has unknown key(s) {sorted(extra)} for kind {kind!r} "
-                     f"(known: {', '.join(SOURCE_KEYS[kind])})")
-            required = "instances" if kind == "coco" else "path"
-            if not source.get(required):
-                fail(f"{where}.{required} is required for kind {kind!r}")
-            if kind == "llava" and not source.get("image_folder"):
-                fail(f"{where}.image_folder is required for kind 'llava'")
-            checked.append(dict(source))
-
-        turns = section.get("turns_per_image", 6)
-        if isinstance(turns, bool) or not isinstance(turns, int) or turns < 1:
-            fail(f"turns_per_image must be a positive integer, got {turns!r}")
-        ratio = section.get("mcq_ratio", 0.75)
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
-            fail(f"mcq_ratio must be a number in [0, 1], got {ratio!r}")
-
-        weights = section.get("family_weights")
-        if weights is None:
-            weights = {family: 1.0 for family in FAMILIES}
-        if not isinstance(weights, Mapping):
-            fail(f"family_weights must be a mapping {{family: weight}}, got {weights!r}")
-        bad = sorted(set(weights) - set(FAMILIES))
-        if bad:
-            fail(f"family_weights has unknown family(ies) {bad} (known: {', '.join(FAMILIES)})")
-        for family, weight in weights.items():
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-                fail(f"family_weights.{family} must be a non-negative number, got {weight!r}")
-        if not sum(weights.values()) > 0:
-            fail("family_weights gives no family a positive weight")
-        return cls(sources=tuple(checked), turns_per_image=turns, mcq_ratio=float(ratio),
-                   family_weights={family: float(weights[family]) for family in FAMILIES if family in weights},
-                   answer_format=check_answer_format(answer_format))
 
 
 # ---------------------------------------------------------------- images
@@ -185,8 +112,8 @@ class FamilyMix:
 
 
 def conversation_turns(objects: Sequence[Any], captions: Sequence[str], config: CurateConfig,
-                       rng: random.Random, mix: FamilyMix, *, colours: Sequence[str], shapes: Sequence[str]
-                       ) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
+                       rng: random.Random, mix: FamilyMix, *, answer_format: str, colours: Sequence[str],
+                       shapes: Sequence[str]) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
     """(conversation, per-turn records) for one image: up to `turns_per_image` user/assistant pairs.
 
     Fewer pairs come back only when the image has fewer distinct questions than asked for.
@@ -216,7 +143,7 @@ def conversation_turns(objects: Sequence[Any], captions: Sequence[str], config: 
         fmt = "mcq" if rng.random() < config.mcq_ratio else "short"
         record = {"format": fmt, "program": made.program,
                   "options": list(made.options) if fmt == "mcq" else [], "answer": made.answer}
-        pairs.append((questions.turns(made, fmt, config.answer_format), record))
+        pairs.append((questions.turns(made, fmt, answer_format), record))
     if captions:
         caption = sentence(rng.choice(list(captions)))
         pair = [{"role": "user", "content": questions.CAPTION_QUESTION},
@@ -279,19 +206,19 @@ def _vocabulary(objects_by_key: Mapping[str, Sequence[Any]], categories: Sequenc
     return colours, shapes
 
 
-def coco_samples(source: Mapping[str, Any], config: CurateConfig, *, seed: int, resolver: _ImageResolver,
+def coco_samples(source: CocoSource, config: CurateConfig, *, answer_format: str, seed: int, resolver: _ImageResolver,
                  mix: FamilyMix | None = None) -> list[dict[str, Any]]:
     """One seed conversation per image of a COCO instances (+ captions) source."""
-    from mmloop.questions import objects_by_image
+    from mmloop.questions import image_key, objects_by_image
 
-    instances_path = str(source["instances"])
+    instances_path = str(source.instances)
     coco = read_json(instances_path)
     objects_by_key = objects_by_image(coco, source=instances_path)
-    captions_path = source.get("captions")
+    captions_path = source.captions
     captions = (_captions_by_image(read_json(captions_path), coco["images"], str(captions_path))
                 if captions_path else {})
     colours, shapes = _vocabulary(objects_by_key, coco["categories"])
-    folder = source.get("image_folder") or resolver.data_root
+    folder = source.image_folder or resolver.data_root
     mix = mix or FamilyMix(config.family_weights)
     provenance_source = ",".join(str(path) for path in (instances_path, captions_path) if path)
 
@@ -301,10 +228,11 @@ def coco_samples(source: Mapping[str, Any], config: CurateConfig, *, seed: int, 
         if not image.get("file_name"):
             raise ValueError(f"{where} has no 'file_name' field")
         stored, sha = resolver.resolve(folder, image["file_name"], where, image.get("sha256"))
-        objects = objects_by_key[str(image.get("sha256") or image["id"])]
+        objects = objects_by_key[image_key(image)]
         rng = random.Random(stable_hash(seed, "coco", sha))
         conversation, turn_records = conversation_turns(objects, captions.get(image["id"], []), config, rng,
-                                                        mix, colours=colours, shapes=shapes)
+                                                        mix, answer_format=answer_format, colours=colours,
+                                                        shapes=shapes)
         if not conversation:
             continue
         rows.append(_seed_row(stored, sha, conversation, backend="annotations", source=provenance_source,
@@ -344,9 +272,9 @@ def llava_conversation(turns: Any, where: str) -> list[dict[str, str]]:
     return result
 
 
-def llava_samples(source: Mapping[str, Any], *, resolver: _ImageResolver) -> list[dict[str, Any]]:
+def llava_samples(source: LlavaSource, *, resolver: _ImageResolver) -> list[dict[str, Any]]:
     """One seed sample per record of a LLaVA JSON list."""
-    path = str(source["path"])
+    path = str(source.path)
     records = read_json(path)
     if not isinstance(records, list):
         raise ValueError(f"{path}: LLaVA JSON must be a list of records, got {type(records).__name__}")
@@ -360,7 +288,7 @@ def llava_samples(source: Mapping[str, Any], *, resolver: _ImageResolver) -> lis
         if not isinstance(image, str) or not image:
             raise ValueError(f"{where}: field 'image' must be a non-empty path, got {image!r}")
         conversation = llava_conversation(record.get("conversations"), where)
-        stored, sha = resolver.resolve(source["image_folder"], image, where)
+        stored, sha = resolver.resolve(source.image_folder, image, where)
         rows.append(_seed_row(stored, sha, conversation, backend="llava", source=path, program=None))
     return rows
 
@@ -377,30 +305,26 @@ def _seed_row(image: str, sha: str, conversation: list[dict[str, str]], *, backe
     )
 
 
-def curate(params: Mapping[str, Any], *, data_root: str | os.PathLike = "data"
+def curate(config: CurateConfig, *, answer_format: str, seed: int, data_root: str | os.PathLike = "data"
            ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The seed samples of every source in params `curate.sources`, and their metrics.
 
     A sample whose id an earlier one already has (the same image and conversation in two
     sources) is dropped and counted under the source's `duplicates`.
     """
-    from mmloop.params import stage_seed
-
-    config = CurateConfig.from_params(params.get("curate"), params.get("answer_format", "letter"))
-    seed = stage_seed(params, "curate")
     resolver = _ImageResolver(data_root)
     mix = FamilyMix(config.family_weights)  # one running mix over every COCO source
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
     per_source: dict[str, dict[str, Any]] = {}
     for source in config.sources:
-        if source["kind"] == "coco":
-            made = coco_samples(source, config, seed=seed, resolver=resolver, mix=mix)
-            name = str(source["instances"])
+        if source.kind == "coco":
+            made = coco_samples(source, config, answer_format=answer_format, seed=seed, resolver=resolver, mix=mix)
+            name = str(source.instances)
         else:
             made = llava_samples(source, resolver=resolver)
-            name = str(source["path"])
-        entry = per_source.setdefault(name, {"kind": source["kind"], "samples": 0, "turns": 0, "duplicates": 0})
+            name = str(source.path)
+        entry = per_source.setdefault(name, {"kind": source.kind, "samples": 0, "turns": 0, "duplicates": 0})
         for row in made:
             if row["sample_id"] in seen:
                 entry["duplicates"] += 1

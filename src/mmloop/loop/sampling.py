@@ -18,42 +18,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-STRATEGIES = ("abs", "uniform")
+from mmloop.config import STRATEGIES, SampleConfig
+
 OPERATOR_NEIGHBOUR = "neighbour"
 OPERATOR_RANDOM = "random"
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    strategy: str = "abs"
-    budget: int = 4000
-    smoothing: float = 1.0
-    in_context: int = 2
-    top_k: int = 16
-    random_ratio: float = 0.2
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "SamplingConfig":
-        section = dict(params.get("sample") or {})
-        known = {name: section[name] for name in cls.__dataclass_fields__ if name in section}
-        config = cls(**known)
-        config.check()
-        return config
-
-    def check(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"params.yaml: sample.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if int(self.budget) < 0:
-            raise ValueError(f"params.yaml: sample.budget must be >= 0, got {self.budget}")
-        if float(self.smoothing) <= 0:
-            raise ValueError(f"params.yaml: sample.smoothing must be > 0 (0 lets a weight reach 0), "
-                             f"got {self.smoothing}")
-        if not 0.0 <= float(self.random_ratio) <= 1.0:
-            raise ValueError(f"params.yaml: sample.random_ratio must be in [0, 1], got {self.random_ratio}")
-        if int(self.top_k) < 1:
-            raise ValueError(f"params.yaml: sample.top_k must be >= 1, got {self.top_k}")
-        if int(self.in_context) < 0:
-            raise ValueError(f"params.yaml: sample.in_context must be >= 0, got {self.in_context}")
 
 
 # ---------------------------------------------------------------- error rates and allocation
@@ -124,7 +92,7 @@ class Slot:
 
 
 def plan_slots(allocation: Mapping[str, int], badcases_by_category: Mapping[str, Sequence[Mapping[str, Any]]],
-               config: SamplingConfig, rng) -> list[Slot]:
+               config: SampleConfig, rng) -> list[Slot]:
     """Anchors cycle through each category's bad cases in a seeded shuffled order; the in-context
     cases are other bad cases of the category (the anchor itself only when it is the only one);
     `random_ratio` of the anchored slots take a random image. Categories without bad cases get
@@ -149,7 +117,7 @@ def plan_slots(allocation: Mapping[str, int], badcases_by_category: Mapping[str,
     return slots
 
 
-def assign_images(slots: Sequence[Slot], pool_embeddings, anchor_embedding, config: SamplingConfig, rng
+def assign_images(slots: Sequence[Slot], pool_embeddings, anchor_embedding, config: SampleConfig, rng
                   ) -> list[tuple[int, float | None]]:
     """A distinct pool index per slot (and its CLIP similarity to the anchor image).
 
@@ -192,7 +160,7 @@ def assign_images(slots: Sequence[Slot], pool_embeddings, anchor_embedding, conf
 
 def select_queries(predictions: Sequence[Mapping[str, Any]], badcases: Sequence[Mapping[str, Any]],
                    pool: Sequence[Mapping[str, Any]], pool_embeddings, anchor_embedding, *,
-                   config: SamplingConfig, seed: int, iteration: int, pool_source: str = "pool",
+                   config: SampleConfig, seed: int, iteration: int, pool_source: str = "pool",
                    clip_name: str | None = None, predictions_source: str = "predictions"
                    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The query rows (sample schema, origin "query") and a summary for the metrics file.
@@ -205,7 +173,6 @@ def select_queries(predictions: Sequence[Mapping[str, Any]], badcases: Sequence[
 
     from mmloop.schema import make_sample_id, sample
 
-    config.check()
     if len(pool) != len(pool_embeddings):
         raise ValueError(f"{pool_source}: {len(pool)} pool images but {len(pool_embeddings)} embeddings")
     rng = np.random.default_rng(seed)
@@ -238,7 +205,7 @@ def select_queries(predictions: Sequence[Mapping[str, Any]], badcases: Sequence[
     return records, summary
 
 
-def summarise(rates, weights, allocation, slots: Sequence[Slot], picks, config: SamplingConfig) -> dict[str, Any]:
+def summarise(rates, weights, allocation, slots: Sequence[Slot], picks, config: SampleConfig) -> dict[str, Any]:
     import numpy as np
 
     by_operator: dict[str, list[float]] = {OPERATOR_NEIGHBOUR: [], OPERATOR_RANDOM: []}
@@ -262,17 +229,27 @@ def summarise(rates, weights, allocation, slots: Sequence[Slot], picks, config: 
 
 # ---------------------------------------------------------------- do neighbours look like the anchor?
 
-def objects_by_sha(instances: Mapping[str, Any]) -> dict[str, list[tuple[str | None, str]]]:
-    """COCO instances -> {image sha256: [(colour, shape name), ...]} (colour None without attributes)."""
-    names = {category["id"]: category["name"] for category in instances.get("categories", [])}
-    sha_by_id = {image["id"]: image.get("sha256") for image in instances.get("images", [])}
-    objects: dict[str, list[tuple[str | None, str]]] = {sha: [] for sha in sha_by_id.values() if sha}
-    for annotation in instances.get("annotations", []):
-        sha = sha_by_id.get(annotation.get("image_id"))
-        if sha:
-            colour = (annotation.get("attributes") or {}).get("colour")
-            objects[sha].append((colour, names.get(annotation.get("category_id"), "?")))
-    return objects
+def load_pool(path: str, instances: Mapping[str, Any]) -> list[dict[str, str]]:
+    """One {image, image_sha256} entry per image of the pool's COCO instances."""
+    pool = []
+    for position, image in enumerate(instances.get("images", [])):
+        for field in ("file_name", "sha256"):
+            if not image.get(field):
+                raise ValueError(f"{path}: images[{position}] (id {image.get('id')}) has no {field!r}")
+        pool.append({"image": image["file_name"], "image_sha256": image["sha256"]})
+    if not pool:
+        raise ValueError(f"{path}: the unlabeled pool has no images")
+    return pool
+
+
+def objects_by_sha(instances: Mapping[str, Any], source: str = "instances"
+                   ) -> dict[str, list[tuple[str | None, str]]]:
+    """COCO instances -> {image key: [(colour, shape name), ...]} (colour None without attributes):
+    what `attribute_agreement` compares. Keys and errors are `questions.objects_by_image`'s."""
+    from mmloop.questions import objects_by_image
+
+    return {key: [(obj.colour, obj.shape) for obj in objects]
+            for key, objects in objects_by_image(instances, source=source).items()}
 
 
 def attribute_agreement(records: Sequence[Mapping[str, Any]], anchors: Mapping[str, Mapping[str, Any]],

@@ -1,19 +1,16 @@
 """Structured replies: parse the teacher's JSON, repair common breakage, validate, honour "Skip".
 
-LLMs asked for JSON still wrap it in code fences, leave trailing commas, add
-a sentence before it, return one object where a list was asked for, or quote
-with typographic quotes. `repair_json` fixes exactly those, and says which
-repairs it made so the IPO review can show how often the prompt's format
-instructions are ignored. It does not guess at anything else (truncated
-output is a `length` failure upstream, not something to patch).
+LLMs asked for JSON still wrap it in code fences, leave trailing commas, add a sentence
+before it, quote with typographic quotes, or return one object where a list was asked for.
+Syntax is repaired by the `json-repair` library; the shape (a single object or a wrapping
+object instead of a list of items) is repaired here, since it depends on what was asked.
+Every repair is named in the result (`json_syntax`, `single_object`, `wrapped_list`) so the
+IPO review shows how often the prompt's format instructions are ignored.
 
-Why a small function and not the `json-repair` package: the build machines
-have no package index, and the breakage we accept is a short, explicit list;
-anything outside it should surface as a parse failure for a person to see.
-
-Every item is then validated against the JSON schema of its data type (from
-the prompt template's front matter, or DEFAULT_SCHEMAS) plus checks a schema
-cannot express (the answer is one of the options; turns alternate).
+Every item is then validated against the JSON schema of its data type (from the prompt
+template's front matter, or DEFAULT_SCHEMAS) plus checks a schema cannot express (the answer
+is one of the options; turns alternate). A repaired but incomplete item (a truncated reply)
+fails that validation and is counted as a parse failure for a person to see.
 """
 
 from __future__ import annotations
@@ -24,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 OK, SKIP, INVALID = "ok", "skip", "invalid"
+JSON_SYNTAX, SINGLE_OBJECT, WRAPPED_LIST = "json_syntax", "single_object", "wrapped_list"
 DATA_TYPES = ("mcq", "short", "conversation")
 
 _STRING = {"type": "string", "minLength": 1}
@@ -67,90 +65,31 @@ def is_skip(text: str) -> bool:
     return core == "skip" or core == '"skip": true' or core.replace(" ", "") in ('"skip":true', "skip:true")
 
 
-def _strip_fences(text: str) -> tuple[str, bool]:
-    match = re.search(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)```", text, re.S)
-    return (match.group(1), True) if match else (text, False)
-
-
-def _outer_json(text: str) -> str:
-    """The span from the first '[' or '{' to the last matching closer, dropping prose around it."""
-    starts = [i for i in (text.find("["), text.find("{")) if i >= 0]
-    if not starts:
-        raise ValueError("no JSON object or array in the reply")
-    start = min(starts)
-    closer = "]" if text[start] == "[" else "}"
-    end = text.rfind(closer)
-    if end < start:
-        raise ValueError("JSON starts but never closes (truncated reply?)")
-    return text[start:end + 1]
-
-
-def _remove_trailing_commas(text: str) -> str:
-    """Drop commas directly before '}' or ']', outside strings."""
-    out, in_string, escaped = [], False, False
-    for index, char in enumerate(text):
-        if in_string:
-            out.append(char)
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-            continue
-        if char == '"':
-            in_string = True
-        elif char == ",":
-            rest = text[index + 1:].lstrip()
-            if rest[:1] in ("}", "]"):
-                continue
-        out.append(char)
-    return "".join(out)
-
-
 def repair_json(text: str) -> tuple[Any, list[str]]:
-    """Parse JSON from an LLM reply, applying the known repairs. Returns (value, repairs made)."""
-    repairs: list[str] = []
+    """Parse JSON from an LLM reply. Returns (value, repairs made): none for valid JSON, else
+    `json_syntax` (fences, prose around it, trailing commas, odd quotes, unclosed brackets)."""
     try:
-        return json.loads(text), repairs
+        return json.loads(text), []
     except json.JSONDecodeError:
         pass
-    candidate, fenced = _strip_fences(text)
-    if fenced:
-        repairs.append("code_fence")
-    if any(q in candidate for q in "\u201c\u201d"):
-        candidate = candidate.replace("\u201c", '"').replace("\u201d", '"')
-        repairs.append("smart_quotes")
-    try:
-        return json.loads(candidate), repairs
-    except json.JSONDecodeError:
-        pass
-    outer = _outer_json(candidate)
-    if outer.strip() != candidate.strip():
-        repairs.append("surrounding_text")
-    try:
-        return json.loads(outer), repairs
-    except json.JSONDecodeError:
-        pass
-    without_commas = _remove_trailing_commas(outer)
-    if without_commas != outer:
-        repairs.append("trailing_comma")
-    try:
-        return json.loads(without_commas), repairs
-    except json.JSONDecodeError as err:
-        raise ValueError(f"not JSON after repairs {repairs or '[]'}: {err.msg} at char {err.pos}") from None
+    import json_repair
+
+    value = json_repair.repair_json(text, return_objects=True)
+    if not isinstance(value, (dict, list)):  # json-repair returns "" for text that holds no JSON
+        raise ValueError("no JSON object or array in the reply")
+    return value, [JSON_SYNTAX]
 
 
 def _as_items(value: Any, data_type: str, repairs: list[str]) -> list[Any]:
     if isinstance(value, dict):
         for key in _WRAPPER_KEYS:
             if isinstance(value.get(key), list):
-                repairs.append("wrapped_list")
+                repairs.append(WRAPPED_LIST)
                 return value[key]
         if data_type != "conversation" and isinstance(value.get("conversations"), list) \
                 and not {"question", "answer"} & set(value):
             return [value]
-        repairs.append("single_object")
+        repairs.append(SINGLE_OBJECT)
         return [value]
     if isinstance(value, list):
         return value

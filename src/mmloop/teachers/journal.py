@@ -4,7 +4,9 @@ Teacher runs cost money and hours, so a response is written to disk the
 moment it arrives, and a rerun (after a crash, a kill, or a DVC rerun with the
 same inputs) looks each request up here first and sends only what is missing.
 
-Storage is one SQLite file in WAL mode with `synchronous=NORMAL`: every `record`
+Storage is the standard library's SQLite rather than a cache library such as diskcache,
+because runs query the journal by status and by Batch API job, not only by key.
+It is one SQLite file in WAL mode with `synchronous=NORMAL`: every `record`
 is its own committed transaction, so a process killed at any instant leaves
 either the whole row or nothing (in WAL mode NORMAL survives any process crash;
 only a power cut can drop the last commits, and FULL's fsync per reply blocked
@@ -96,10 +98,23 @@ class Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: autocommit, each statement its own durable transaction.
         self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=30000")
+        self._use_wal()
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+
+    def _use_wal(self) -> None:
+        """Switch a new file to WAL. Two connections switching at once (a writer starting while a
+        monitor opens the file) would deadlock, so SQLite refuses one with "database is locked"
+        at once, without waiting out the busy timeout: that one tries again."""
+        deadline = time.monotonic() + 30
+        while self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def close(self) -> None:
         self._db.close()

@@ -10,7 +10,7 @@
 - `propose` asks the teacher for a revised template from the failure cases
   and writes it as a new versioned file with `status: proposed`. Nothing uses
   it until a person reviews it, sets `status: approved`, and points
-  `generate.openai.prompt` at it (llm_teacher refuses proposed templates).
+  `generate.openai.prompt` at it (the openai teacher refuses proposed templates).
 """
 
 from __future__ import annotations
@@ -21,12 +21,15 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mmloop import structured
+from mmloop.teachers import structured
+from mmloop.teachers.base import PARSE_FAILED, REJECTED_OUTCOMES, REQUEST_FAILED, SKIPPED
+
+if TYPE_CHECKING:
+    from mmloop.config import OpenAIConfig
 
 MAX_CARDS_PER_GROUP = 24
-FAILURE_OUTCOMES = ("parse_failed", "skipped", "request_failed")
 
 
 # --- reading an iteration ----------------------------------------------------------------------
@@ -55,7 +58,7 @@ def prompt_version(row: Mapping[str, Any]) -> str:
 
 def outcome(row: Mapping[str, Any]) -> str:
     reason = row.get("reject_reason")
-    if reason in FAILURE_OUTCOMES:
+    if reason in REJECTED_OUTCOMES:
         return reason
     if row.get("kept") is True:
         return "kept"
@@ -80,9 +83,9 @@ def prompt_version_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, di
         keepers = by_outcome.get("kept", set()) if judged else by_outcome.get("not yet judged", set())
         metrics[version] = {
             "requests": total, "keep_rate": len(keepers) / total,
-            "skip_rate": len(by_outcome.get("skipped", ())) / total,
-            "parse_failure_rate": len(by_outcome.get("parse_failed", ())) / total,
-            "request_failure_rate": len(by_outcome.get("request_failed", ())) / total,
+            "skip_rate": len(by_outcome.get(SKIPPED, ())) / total,
+            "parse_failure_rate": len(by_outcome.get(PARSE_FAILED, ())) / total,
+            "request_failure_rate": len(by_outcome.get(REQUEST_FAILED, ())) / total,
             "outcomes": {name: len(ids) for name, ids in sorted(by_outcome.items())},
         }
     return metrics
@@ -126,14 +129,14 @@ def _image_tag(row: Mapping[str, Any], data_root: Path, cache: dict[str, str]) -
 
 def _card(row: Mapping[str, Any], data_root: Path, cache: dict[str, str]) -> str:
     name = outcome(row)
-    css = "kept" if name == "kept" else "failed" if name in FAILURE_OUTCOMES else "rejected"
+    css = "kept" if name == "kept" else "failed" if name in REJECTED_OUTCOMES else "rejected"
     parts = [f'<div class="card {css}">', _image_tag(row, data_root, cache),
              f"<b>{html.escape(str(row.get('category')))}</b> · {html.escape(str(row.get('format')))}<br>",
              f"<small>{html.escape(row['sample_id'])}</small>"]
-    if name in FAILURE_OUTCOMES:
+    if name in REJECTED_OUTCOMES:
         turns = row.get("conversations") or []
         raw = turns[-1]["content"] if len(turns) > 1 else ""
-        if name == "parse_failed":
+        if name == PARSE_FAILED:
             parts.append(f'<div class="reason">{html.escape(failure_detail(row))}</div>')
         parts.append(f"<pre>{html.escape(raw or '(no reply)')}</pre>")
     else:
@@ -209,7 +212,7 @@ def failure_cases(records: Sequence[Mapping[str, Any]], limit: int = 12) -> list
                 turns = row.get("conversations") or []
                 name = outcome(row)
                 cases.append({"outcome": name, "category": row.get("category"), "question": row.get("question"),
-                              "reason": failure_detail(row) if name == "parse_failed" else (row.get("reject_reason") or name),
+                              "reason": failure_detail(row) if name == PARSE_FAILED else (row.get("reject_reason") or name),
                               "raw": turns[-1]["content"] if turns else ""})
     return cases
 
@@ -221,18 +224,18 @@ def extract_template(reply: str) -> str:
     return match.group(1)
 
 
-def propose(iteration: int | str, template_path: str | Path, params: Mapping[str, Any], *,
-            data_root: str | Path = "data", journal_path: str | Path | None = None,
-            propose_template: str | Path = "prompts/propose.j2", max_cases: int = 12) -> Path:
-    """Ask the teacher to revise `template_path` from iteration's failures; write it as a new version.
+def propose(iteration: int | str, template_path: str | Path, config: "OpenAIConfig", *,
+            data_root: str | Path = "data", propose_template: str | Path = "prompts/propose.j2",
+            max_cases: int = 12) -> Path:
+    """Ask the teacher (params generate.openai) to revise `template_path` from iteration's failures;
+    write it as a new version.
 
-    `params` is the `generate` section (its `openai` sub-section configures the
-    teacher). Returns the path of the new file (e.g. prompts/generate.v2.j2),
-    written with `status: proposed`; it is never used until a person approves it.
+    Returns the path of the new file (e.g. prompts/generate.v2.j2), written with
+    `status: proposed`; it is never used until a person approves it.
     """
-    from mmloop import journal as journal_mod
-    from mmloop import llm, prompts
     from mmloop.io import write_text
+    from mmloop.teachers import journal as journal_mod
+    from mmloop.teachers import llm, prompts
 
     records = load_iteration(iteration, data_root)
     current = prompts.load_template(template_path)
@@ -244,16 +247,11 @@ def propose(iteration: int | str, template_path: str | Path, params: Mapping[str
         f"{current.name} ({current.file_sha256[:8]})", {"outcomes": {}})["outcomes"]
     asking = prompts.load_template(propose_template)
     rendered = asking.render(template_name=current.name, summary=summary, failures=cases, current_body=current.body)
-    openai_params = dict(params.get("openai") or {})
-    settings = llm.Settings.from_params(openai_params)
     messages = [{"role": "user", "content": rendered.text}]
-    key = journal_mod.request_key(settings.model, messages, settings.generation, asking.file_sha256)
-    path = Path(journal_path or openai_params.get("journal") or journal_mod.default_path())
-    with journal_mod.Journal(path) as journal:
+    key = journal_mod.request_key(config.model, messages, config.generation, asking.file_sha256)
+    with journal_mod.Journal(llm.journal_path(config)) as journal:
         results, _ = llm.run_chat([llm.ChatRequest(key, messages, label=f"propose:{current.name}")],
-                                  settings, journal, desc="propose")
-    if not results[0].ok:
-        raise RuntimeError(f"the teacher did not answer the proposal request: {results[0].error}")
+                                  config, journal, desc="propose")
     body = extract_template(results[0].content)
     version = prompts.next_version(template_path)
     meta = {"id": current.id, "version": version, "task": current.task, "status": "proposed",

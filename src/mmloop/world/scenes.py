@@ -20,10 +20,10 @@ from __future__ import annotations
 import io
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmloop.config import Splits, WorldConfig
 from mmloop.io import progress, sha256_bytes
 
 COLOUR_RGB = {
@@ -39,56 +39,7 @@ OUTLINE = (255, 255, 255)
 # Side of a shape as a share of its cell: large shapes nearly fill the cell, small ones half.
 SIZE_FRACTION = {"small": 0.45, "large": 0.9}
 SHAPES_DRAWN = ("circle", "square", "triangle", "diamond")
-SPLITS = ("seed", "pool", "bench")
-
-
-@dataclass(frozen=True)
-class WorldConfig:
-    image_size: int = 64
-    grid: int = 4
-    max_objects: int = 4
-    min_objects: int = 1
-    shapes: tuple[str, ...] = ("circle", "square", "triangle")
-    colours: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange")
-    sizes: tuple[str, ...] = ("small", "large")
-    splits: dict[str, int] = field(default_factory=lambda: {"seed": 6400, "pool": 6000, "bench": 1200})
-
-    @classmethod
-    def from_params(cls, section: Mapping[str, Any]) -> "WorldConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = set(section) - known
-        if unknown:
-            raise ValueError(f"params.yaml: world has unknown key(s) {sorted(unknown)} (known: {sorted(known)})")
-        values = dict(section)
-        for key in ("shapes", "colours", "sizes"):
-            if key in values:
-                values[key] = tuple(values[key])
-        config = cls(**values)
-        config.check()
-        return config
-
-    def check(self) -> None:
-        def fail(message: str) -> None:
-            raise ValueError(f"params.yaml: world.{message}")
-
-        if self.image_size % self.grid:
-            fail(f"image_size ({self.image_size}) must be a multiple of grid ({self.grid})")
-        if not 1 <= self.min_objects <= self.max_objects <= self.grid * self.grid:
-            fail(f"min_objects/max_objects must satisfy 1 <= min <= max <= grid^2, "
-                 f"got {self.min_objects}/{self.max_objects}")
-        for name, allowed in (("shapes", SHAPES_DRAWN), ("colours", tuple(COLOUR_RGB)),
-                              ("sizes", tuple(SIZE_FRACTION))):
-            values = getattr(self, name)
-            bad = [value for value in values if value not in allowed]
-            if bad or not values:
-                fail(f"{name} must be a non-empty subset of {list(allowed)}, got {list(values)}")
-        bad_splits = set(self.splits) - set(SPLITS)
-        if bad_splits:
-            fail(f"splits has unknown split(s) {sorted(bad_splits)} (known: {', '.join(SPLITS)})")
-
-    @property
-    def cell(self) -> int:
-        return self.image_size // self.grid
+SPLITS = tuple(Splits.model_fields)
 
 
 def random_scene(config: WorldConfig, rng: random.Random) -> list[dict[str, Any]]:
@@ -164,7 +115,7 @@ def generate(config: WorldConfig, seed: int) -> dict[str, list[list[dict[str, An
     seen: set[tuple] = set()
     result: dict[str, list[list[dict[str, Any]]]] = {}
     for split in SPLITS:
-        wanted = int(config.splits.get(split, 0))
+        wanted = getattr(config.splits, split)
         scenes: list[list[dict[str, Any]]] = []
         attempts = 0
         while len(scenes) < wanted:
