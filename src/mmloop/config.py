@@ -1,7 +1,7 @@
 """params.yaml as typed config: one pydantic model per section, each default defined once, here.
 
 A stage names the keys it reads (`PARAMS` in its module, the same list as its `params` in
-dvc.yaml) and calls `load(PARAMS)`. The whole file is checked (wrong types and unknown keys
+dvc.yaml) and gets them through `stage.begin`. The whole file is checked (wrong types and unknown keys
 fail with `section.key` and the value), but the stage gets a view that holds only what it
 declared: reading anything else raises, so a stage cannot read a key DVC does not track.
 Library functions take one section's model, never the params dict.
@@ -391,11 +391,6 @@ def _record(stage: str, key: str) -> None:
     if target:
         with open(target, "a", encoding="utf-8") as handle:
             handle.write(f"{stage}\t{key}\n")
-
-
-def load(declared: tuple[str, ...] | list[str], stage: str, path: str | os.PathLike = PARAMS_FILE) -> StageParams:
-    """The stage's view of params.yaml (checked whole), holding only the `declared` keys."""
-    return StageParams(read(path), tuple(declared), stage)
 
 
 # ---------------------------------------------------------------- the chain of iterations and seeds
