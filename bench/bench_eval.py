@@ -54,14 +54,14 @@ def naive_scores(model, processor, items, answer_format: str) -> list[list[float
     from PIL import Image
 
     from mmloop.eval import prompts
-    from mmloop.models import vlm
+    from mmloop.models import chat
 
     tokenizer = processor.tokenizer
     result = []
     with torch.inference_mode():
         for item in items:
             image = Image.open(io.BytesIO(item["image"])).convert("RGB")
-            conversation = vlm.messages([{"role": "user", "content": prompts.user_prompt(item, answer_format)}])
+            conversation = chat.messages([{"role": "user", "content": prompts.user_prompt(item, answer_format)}])
             prompt = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
             prompt_length = processor(text=[prompt], images=[image], return_tensors="pt",
                                       add_special_tokens=False)["input_ids"].shape[1]

@@ -11,11 +11,12 @@ from mmloop.loop import training
 from mmloop.models import vlm
 from mmloop.schema import read_samples, write_samples
 
-PARAMS = ("seed", "base", "world.colours", "world.shapes", "world.sizes")
+PARAMS = ("seed", "base", "compute", "world.colours", "world.shapes", "world.sizes")
 SEED = "data/seed/samples.parquet"
 MODEL_DIR = "models/iter=0"
 REPLAY_POOL = "data/iter=0/replay_pool.parquet"
-CHECKPOINT = "models/.checkpoints/iter=0.pt"  # a killed run resumes from here
+CHECKPOINTS = "models/.checkpoints/iter=0"  # a killed run resumes from here
+LIVE = "metrics/train/live/iter=0"  # DVCLive's step-level loss and learning rate
 INPUTS = (SEED, "data/images")
 
 
@@ -25,8 +26,9 @@ def main() -> None:
     seed = config.stage_seed(params.seed, "base") % (2**31)
     records = read_samples(SEED)
     vlm.set_threads(settings.threads)
+    device, dtype = vlm.placement(params.compute)
     if settings.model:
-        model, processor = vlm.load(settings.model)
+        model, processor = vlm.load(settings.model, dtype=dtype)
         stats = {"source": settings.model, "trained": False}
     else:
         world = params.world
@@ -34,8 +36,10 @@ def main() -> None:
         texts += questions.vocabulary_texts(colours=world.colours, shapes=world.shapes, sizes=world.sizes)
         model, processor = vlm.build(texts, seed=seed, **settings.tiny)
         stats = training.train_base(model, processor, records, settings, seed=seed, data_root="data", source=SEED,
-                                    checkpoint=CHECKPOINT)
+                                    output_dir=CHECKPOINTS, live_dir=LIVE, precision=dtype, device=device)
         stats["trained"] = True
+    if not training.is_main_process():
+        return
     with atomic_path(MODEL_DIR, directory=True) as folder:
         vlm.save(model, processor, folder)
     write_samples(records, REPLAY_POOL)

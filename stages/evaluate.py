@@ -15,7 +15,7 @@ from mmloop.eval import evaluation
 from mmloop.eval.benchmarks.mmbench import read_mmbench
 from mmloop.models import vlm
 
-PARAMS = ("answer_format", "evaluate", "bench.name")
+PARAMS = ("answer_format", "evaluate", "bench.name", "compute")
 DATA_ROOT = Path("data")
 BENCH_TSV = DATA_ROOT / "bench" / "bench.tsv"
 
@@ -34,7 +34,8 @@ def main(argv: list[str]) -> None:
 
     vlm.set_threads(settings.threads)
     items = read_mmbench(BENCH_TSV)
-    model, processor = vlm.load(model_path)
+    device, dtype = vlm.placement(params.compute)
+    model, processor = vlm.load(model_path, dtype=dtype, device=device)
     started = time.perf_counter()
     items, predictions, metrics = evaluation.run_benchmark(
         model, processor, items, settings, params.answer_format, kind="mmbench", benchmark=params.bench.name,

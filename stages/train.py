@@ -1,5 +1,9 @@
 """train ITER PREV: LoRA on the previous model with this iteration's kept data plus replay
--> models/iter=ITER, data/iter=ITER/replay_pool.parquet, metrics/train/iter=ITER.json."""
+-> models/iter=ITER, data/iter=ITER/replay_pool.parquet, metrics/train/iter=ITER.json and
+DVCLive's step-level logs in metrics/train/live/iter=ITER.
+
+Data-parallel on several GPUs with no change: `accelerate launch stages/train.py ITER PREV`
+(`train.batch_size` is per process; the first process writes the outputs)."""
 
 import sys
 
@@ -9,7 +13,7 @@ from mmloop.loop import training
 from mmloop.models import vlm
 from mmloop.schema import read_samples, write_samples
 
-PARAMS = ("seed", "loop.seed", "train")
+PARAMS = ("seed", "loop.seed", "train", "compute")
 
 
 def inputs(iteration: str, prev: str) -> list[str]:
@@ -30,10 +34,14 @@ def main(argv: list[str]) -> None:
     replay = training.draw_replay(pool, len(kept), settings.replay_ratio, seed=seed)
 
     vlm.set_threads(settings.threads)
-    model, processor = vlm.load(f"models/iter={prev}", trainable=True)
+    device, dtype = vlm.placement(params.compute)
+    model, processor = vlm.load(f"models/iter={prev}", trainable=True, dtype=dtype)
     peft_model, stats = training.train_lora(
         model, processor, kept + replay, settings, seed=seed, data_root="data", source=kept_path,
-        checkpoint=f"models/.checkpoints/iter={name}.pt")  # a killed run resumes from here
+        output_dir=f"models/.checkpoints/iter={name}",  # a killed run resumes from here
+        live_dir=f"metrics/train/live/iter={name}", precision=dtype, device=device)
+    if not training.is_main_process():  # under `accelerate launch`, one process writes the outputs
+        return
     with atomic_path(f"models/iter={name}", directory=True) as folder:
         training.save_lora(peft_model, processor, folder)
     write_samples(pool + kept, f"data/iter={name}/replay_pool.parquet")

@@ -18,7 +18,7 @@ from mmloop.eval import evaluation, metrics, prompts, scoring
 from mmloop.eval.benchmarks import BENCHMARKS, lookup
 from mmloop.eval.benchmarks.mmbench import read_mmbench, write_mmbench
 from mmloop.eval.items import candidates, circular_copies, normalise_item
-from mmloop.models import vlm
+from mmloop.models import chat, vlm
 from mmloop.world import benchmark
 from mmloop.world import scenes as world
 from mmloop.io import read_json
@@ -73,7 +73,7 @@ def reference_scores(model, processor, item):
     from PIL import Image
 
     image = Image.open(io.BytesIO(item["image"])).convert("RGB")
-    user = vlm.messages([{"role": "user", "content": mcq_prompt(item["question"], item["options"], item["hint"])}])
+    user = chat.messages([{"role": "user", "content": mcq_prompt(item["question"], item["options"], item["hint"])}])
     prompt = processor.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
     prompt_length = processor(text=[prompt], images=[image], return_tensors="pt",
                               add_special_tokens=False)["input_ids"].shape[1]
@@ -388,7 +388,7 @@ def reference_reply_scores(model, processor, item, user, replies, history=()):
     turns = []
     for asked, answered in history:
         turns += [{"role": "user", "content": asked}, {"role": "assistant", "content": answered}]
-    conversation = vlm.messages(turns + [{"role": "user", "content": user}])
+    conversation = chat.messages(turns + [{"role": "user", "content": user}])
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
     prompt_length = processor(text=[prompt], images=[image], return_tensors="pt",
                               add_special_tokens=False)["input_ids"].shape[1]

@@ -1,4 +1,4 @@
-"""Training: length-grouped batches, replay, assistant-only labels, and resumable checkpoints."""
+"""Training on the Trainer: replay, reply-only labels, what stops a round, DVCLive logs, and resumable checkpoints."""
 
 import random
 
@@ -37,18 +37,6 @@ def tiny_model(records):
     return vlm.build(texts, seed=0, text_layers=1, vision_layers=1)
 
 
-def test_batch_plan_covers_each_row_once_per_epoch_with_similar_lengths():
-    lengths = [random.Random(i).randint(10, 300) for i in range(200)]
-    plan = training.batch_plan(lengths, 8, 50, seed=1, group=5)
-    assert len(plan) == 50 and plan == training.batch_plan(lengths, 8, 50, seed=1, group=5)
-    first_epoch = [row for batch in plan[:25] for row in batch]
-    assert sorted(first_epoch) == list(range(200))
-    spread = sum(max(lengths[r] for r in b) - min(lengths[r] for r in b) for b in plan) / len(plan)
-    random_spread = sum(max(lengths[r] for r in b) - min(lengths[r] for r in b)
-                        for b in training.batch_plan(lengths, 8, 50, seed=1, group=1)) / 50
-    assert spread < random_spread / 2
-
-
 def test_draw_replay_is_seeded_and_bounded():
     pool = [{"sample_id": str(i)} for i in range(10)]
     assert len(training.draw_replay(pool, 8, 0.5, seed=0)) == 4
@@ -58,14 +46,42 @@ def test_draw_replay_is_seeded_and_bounded():
         training.draw_replay(pool, 8, -1, seed=0)
 
 
-def test_labels_cover_the_assistant_replies_only(data):
+def test_labels_cover_the_assistant_replies_and_their_end_token_only(data):
     root, records = data
     model, processor = tiny_model(records)
     images = training.load_images(records, root)
-    ids, labels = training.encode_records(processor, records[:1], images)[0]
-    kept = [processor.tokenizer.convert_ids_to_tokens(t) for t in labels if t != training.IGNORE_INDEX]
+    record = {**records[0], "conversations": records[0]["conversations"] * 2}  # two exchanges
+    batch = training.Collator(processor, images)(training.encode(processor, [record, records[1]]))
+    kept = [processor.tokenizer.convert_ids_to_tokens(int(t)) for t in batch["labels"][0] if t != training.IGNORE_INDEX]
     reply = records[0]["conversations"][1]["content"]
-    assert kept == [*reply.split(), processor.tokenizer.eos_token]
+    assert kept == [*reply.split(), processor.tokenizer.eos_token] * 2
+    assert batch["sample_ids"] == [records[0]["sample_id"], records[1]["sample_id"]]
+    assert set(batch) >= {"input_ids", "attention_mask", "pixel_values", "labels"}
+
+
+def test_a_record_with_nothing_to_train_on_is_refused_by_name(data):
+    root, records = data
+    _, processor = tiny_model(records)
+    empty = {**records[0], "sample_id": "empty-reply",
+             "conversations": [records[0]["conversations"][0], {"role": "assistant", "content": ""}]}
+    with pytest.raises(ValueError, match="empty-reply"):
+        training.encode(processor, [records[1], empty], source="kept.parquet")
+
+
+def test_a_non_finite_loss_stops_training_naming_the_samples(data):
+    root, records = data
+    model, processor = tiny_model(records)
+    with torch_no_grad_init():
+        model.model.multi_modal_projector.linear_1.weight.fill_(float("nan"))
+    with pytest.raises(training.TrainingError, match=r"loss is nan at step 1 on samples \['s"):
+        training.train_base(model, processor, records, BaseConfig(epochs=1, batch_size=4, lr=1e-3), seed=0,
+                            data_root=root)
+
+
+def torch_no_grad_init():
+    import torch
+
+    return torch.no_grad()
 
 
 def test_the_projector_reads_the_towers_patch_embeddings(data):
@@ -85,44 +101,62 @@ def test_the_projector_reads_the_towers_patch_embeddings(data):
         vlm.build(["a"], vision_layers=1, vision_feature_layer=2)
 
 
-def test_fit_lowers_the_loss(data):
+def test_fit_lowers_the_loss_and_logs_steps_with_dvclive(data, tmp_path):
+    from mmloop.io import read_json
+
     root, records = data
     model, processor = tiny_model(records)
-    stats = training.train_base(model, processor, records, BaseConfig(epochs=6, batch_size=8, lr=3e-3),
-                                seed=0, data_root=root)
+    stats = training.train_base(model, processor, records, BaseConfig(epochs=6, batch_size=8, lr=3e-3, logging_steps=2),
+                                seed=0, data_root=root, live_dir=tmp_path / "live")
     assert stats["steps"] == 6 * 3
     assert stats["final_loss"] < 0.5 * stats["first_loss"]
+    logged = (tmp_path / "live" / "plots" / "metrics" / "loss.tsv").read_text().splitlines()
+    assert logged[0].split("\t") == ["step", "loss"] and len(logged) == 1 + 1 + 18 // 2  # first step, then every 2
+    assert (tmp_path / "live" / "plots" / "metrics" / "learning_rate.tsv").is_file()
+    assert {"loss", "learning_rate"} <= set(read_json(tmp_path / "live" / "metrics.json"))
+
+
+def test_lora_trains_the_decoder_and_projector_and_leaves_the_vision_tower(data):
+    from mmloop.config import TrainConfig
+
+    root, records = data
+    model, processor = tiny_model(records)
+    peft_model = training.wrap_lora(model, TrainConfig(), seed=0)
+    trainable = [name for name, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name or "multi_modal_projector" in name for name in trainable)
+    assert any("language_model" in name and "lora_" in name for name in trainable)
+    assert not any("vision_tower" in name for name in trainable)
+    opened = training.wrap_lora(tiny_model(records)[0], TrainConfig(train_vision=True), seed=0)
+    assert any("vision_tower" in name for name, p in opened.named_parameters() if p.requires_grad)
 
 
 def test_a_killed_run_resumes_from_its_checkpoint_and_ends_where_an_unbroken_run_does(data, tmp_path, monkeypatch):
     import torch
 
     root, records = data
-    settings = BaseConfig(epochs=4, batch_size=8, lr=3e-3)
+    settings = BaseConfig(epochs=4, batch_size=8, lr=3e-3, save_steps=3)
     unbroken, processor = tiny_model(records)
     training.train_base(unbroken, processor, records, settings, seed=0, data_root=root)
 
-    checkpoint = tmp_path / "ckpt.pt"
+    checkpoints = tmp_path / "checkpoints"
     model, processor = tiny_model(records)
     calls = {"n": 0}
-    real_collate = training.collate
+    real_call = training.Collator.__call__
 
-    def dies_at_step_7(*args, **kwargs):
+    def dies_at_step_8(self, examples):
         calls["n"] += 1
-        if calls["n"] == 7:
+        if calls["n"] == 8:
             raise KeyboardInterrupt("killed")
-        return real_collate(*args, **kwargs)
+        return real_call(self, examples)
 
-    monkeypatch.setattr(training, "collate", dies_at_step_7)
+    monkeypatch.setattr(training.Collator, "__call__", dies_at_step_8)
     with pytest.raises(KeyboardInterrupt):
-        training.fit(model, processor, records, settings, seed=0, data_root=root, checkpoint=checkpoint, checkpoint_every=3)
-    assert checkpoint.is_file()
-    monkeypatch.setattr(training, "collate", real_collate)
+        training.train_base(model, processor, records, settings, seed=0, data_root=root, output_dir=checkpoints)
+    assert (checkpoints / "checkpoint-6").is_dir()
+    monkeypatch.setattr(training.Collator, "__call__", real_call)
 
     model, processor = tiny_model(records)
-    training.freeze_vision_tower(model)
-    stats = training.fit(model, processor, records, settings, seed=0, data_root=root, checkpoint=checkpoint,
-                         checkpoint_every=3)
-    assert stats["resumed_from"] == 6 and stats["steps"] == 12 and not checkpoint.exists()
+    stats = training.train_base(model, processor, records, settings, seed=0, data_root=root, output_dir=checkpoints)
+    assert stats["resumed_from"] == 6 and stats["steps"] == 12 and not checkpoints.exists()
     for (name, a), b in zip(unbroken.state_dict().items(), model.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5), name

@@ -54,7 +54,11 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"mmloop eval: {err}", file=sys.stderr)
         return 1
     vlm.set_threads(settings.threads)
-    model, processor = vlm.load(args.model)
+    compute = config.ComputeConfig(**{**params.compute.model_dump(),
+                                      **{key: value for key, value in (("device", args.device), ("dtype", args.dtype))
+                                         if value is not None}})
+    device, dtype = vlm.placement(compute)
+    model, processor = vlm.load(args.model, dtype=dtype, device=device)
     items, predictions, metrics = evaluation.run_benchmark(
         model, processor, items, settings, answer_format, kind=kind, benchmark=args.name or Path(args.bench).stem,
         model_name=vlm.model_name(args.model), iteration=args.iteration)
@@ -105,7 +109,7 @@ def _prompts_propose(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mmloop.config import ANSWER_FORMATS, EVAL_MODES, ROUND_SOURCES  # light: no torch until a command runs
+    from mmloop.config import ANSWER_FORMATS, DEVICES, DTYPES, EVAL_MODES, ROUND_SOURCES  # light: no torch until a command runs
     from mmloop.eval.benchmarks import FORMATS
 
     parser = argparse.ArgumentParser(prog="mmloop", description=__doc__)
@@ -142,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int)
     evaluate.add_argument("--max-new-tokens", type=int)
     evaluate.add_argument("--threads", type=int, help="CPU threads (default: params evaluate.threads)")
+    evaluate.add_argument("--device", choices=DEVICES,
+                          help="default: params compute.device")
+    evaluate.add_argument("--dtype", choices=DTYPES,
+                          help="default: params compute.dtype")
     evaluate.add_argument("--iteration", type=int, default=0, help="the iteration recorded in the outputs")
     evaluate.add_argument("--name", help="the benchmark's name in item ids (default: the file's stem)")
     evaluate.add_argument("--out", help="a folder for predictions.parquet, badcases.parquet and metrics.json")

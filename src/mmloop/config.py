@@ -28,8 +28,10 @@ AnswerFormat = Literal["letter", "option"]
 Strategy = Literal["abs", "uniform"]
 EvalMode = Literal["loglik", "generate"]
 RoundSource = Literal["same_image", "generic"]
-ANSWER_FORMATS, STRATEGIES, EVAL_MODES, ROUND_SOURCES = (get_args(choice) for choice in
-                                                         (AnswerFormat, Strategy, EvalMode, RoundSource))
+Device = Literal["auto", "cpu", "cuda", "mps"]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+ANSWER_FORMATS, STRATEGIES, EVAL_MODES, ROUND_SOURCES, DEVICES, DTYPES = (
+    get_args(choice) for choice in (AnswerFormat, Strategy, EvalMode, RoundSource, Device, Dtype))
 
 
 class Section(BaseModel):
@@ -163,10 +165,13 @@ class Optimisation(Section):
     epochs: float = Field(gt=0)
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
-    warmup_ratio: float = Field(0.05, ge=0.0, le=1.0)
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float = Field(1.0, gt=0)
     threads: int = Field(2, ge=1)
+    logging_steps: int = Field(10, ge=1)  # DVCLive's step-level loss and learning rate
+    save_steps: int = Field(200, ge=1)  # checkpoint interval: a killed run resumes from the newest
+    gradient_checkpointing: bool = False  # less memory for a slower step (large models on a GPU)
 
 
 class BaseConfig(Optimisation):
@@ -185,6 +190,14 @@ class TrainConfig(Optimisation):
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     replay_ratio: float = Field(0.2, ge=0.0)  # replayed samples per kept sample of this iteration
+    train_vision: bool = False  # also train the vision tower fully (frozen by default)
+
+
+class ComputeConfig(Section):
+    """Where and in what precision the VLM stages run."""
+
+    device: Device = "auto"  # auto: cuda when there is one, else cpu
+    dtype: Dtype = "auto"  # auto: bfloat16 on cuda, float32 elsewhere
 
 
 # ---------------------------------------------------------------- the loop's phases
@@ -328,6 +341,7 @@ class Params(Section):
     curate: CurateConfig = CurateConfig()
     bench: BenchConfig = BenchConfig()
     clip: ClipConfig = ClipConfig()
+    compute: ComputeConfig = ComputeConfig()
     base: BaseConfig = BaseConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     sample: SampleConfig = SampleConfig()

@@ -155,7 +155,7 @@ def conversation(history: Sequence[tuple[str, str]], user: str) -> list[dict[str
 
 def chat_texts(processor, conversations: Sequence[Sequence[Mapping[str, str]]]) -> list[str]:
     """Chat-template texts with the generation prompt; the image in each first user turn."""
-    from mmloop.models.vlm import messages
+    from mmloop.models.chat import messages
 
     return list(processor.apply_chat_template([messages(turns) for turns in conversations],
                                               add_generation_prompt=True, tokenize=False))

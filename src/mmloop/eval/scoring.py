@@ -46,7 +46,7 @@ from mmloop.questions import MCQ_SUFFIXES
 METHODS = ("auto", "shared_prefix", "per_option")
 # Shared-prefix self-check: the largest |difference| from the per-option path that still counts
 # as the same score (float32 vs. half-precision models).
-SHARED_PREFIX_TOLERANCE = {"float32": 1e-3, "float64": 1e-6}
+SHARED_PREFIX_TOLERANCE = {"float32": 1e-4, "float64": 1e-8}
 HALF_PRECISION_TOLERANCE = 1e-1
 
 
@@ -57,6 +57,33 @@ def length_batches(texts: Sequence[str], batch_size: int) -> Iterable[list[int]]
         yield order[start:start + batch_size]
 
 
+# ---------------------------------------------------------------- prompts as model inputs
+
+def encode_prompts(processor, texts: Sequence[str], arrays: Sequence[Any], *, padding_side: str = "right"
+                   ) -> dict[str, Any]:
+    """One processor call for chat-template `texts`, each with its own image (a list per prompt:
+    a flat list is one prompt's images to SmolVLM and Gemma 3), padded on `padding_side`, BOS
+    added only when the template did not write it. Every output the processor returns is kept
+    but `labels` (PaliGemma returns some when given a suffix)."""
+    from mmloop.models.chat import adds_special_tokens
+
+    tokenizer = processor.tokenizer
+    previous, tokenizer.padding_side = tokenizer.padding_side, padding_side
+    try:
+        encoded = processor(text=list(texts), images=[[array] for array in arrays], return_tensors="pt",
+                            padding=True, add_special_tokens=adds_special_tokens(processor, texts[0]))
+    finally:
+        tokenizer.padding_side = previous
+    return {key: value for key, value in encoded.items() if key != "labels"}
+
+
+def sequence_keys(encoded: Mapping[str, Any]) -> list[str]:
+    """The processor outputs with one value per token (`attention_mask`, `token_type_ids`, ...)."""
+    shape = tuple(encoded["input_ids"].shape)
+    return [key for key, value in encoded.items()
+            if key != "input_ids" and tuple(getattr(value, "shape", ())) == shape]
+
+
 # ---------------------------------------------------------------- generation
 
 def generate_texts(model, processor, texts: Sequence[str], arrays: Sequence[Any], *,
@@ -65,13 +92,7 @@ def generate_texts(model, processor, texts: Sequence[str], arrays: Sequence[Any]
     so every prompt ends where the new tokens start; only the new tokens, special tokens
     skipped, whitespace stripped. The tokenizer's padding side is restored afterwards."""
     tokenizer = processor.tokenizer
-    padding_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        encoded = processor(text=list(texts), images=list(arrays), return_tensors="pt", padding=True,
-                            add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = padding_side
+    encoded = encode_prompts(processor, texts, arrays, padding_side="left")
     if not bool(encoded["attention_mask"][:, -1].all()):
         raise ValueError("evaluate: the processor padded on the right although the tokenizer's padding_side "
                          "is 'left'; generation needs left padding so the new tokens follow every prompt")
@@ -103,11 +124,11 @@ def generate_batched(model, processor, texts: Sequence[str], arrays: Sequence[An
 
 # ---------------------------------------------------------------- replies as tokens
 
-def continuation_texts(processor, replies: Sequence[str]) -> dict[str, str]:
+def continuation_texts(processor, replies: Sequence[str], prompt_suffix: str = "") -> dict[str, str]:
     """{reply: the text the chat template puts after the generation prompt up to and
     including the reply} (" B" for "ASSISTANT: B</s>"). Falls back to the bare reply
     for templates whose full conversation does not extend the prompt."""
-    from mmloop.models.vlm import messages
+    from mmloop.models.chat import messages
 
     user = messages([{"role": "user", "content": "?"}])  # only the template around the reply matters
     prompt = processor.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
@@ -116,7 +137,9 @@ def continuation_texts(processor, replies: Sequence[str]) -> dict[str, str]:
         full = processor.apply_chat_template(
             user + [{"role": "assistant", "content": [{"type": "text", "text": option}]}], tokenize=False)
         at = full.find(option, len(prompt)) if full.startswith(prompt) else -1
-        result[option] = full[len(prompt):at + len(option)] if at >= 0 else option
+        text = full[len(prompt):at + len(option)] if at >= 0 else option
+        # The processor appends `prompt_suffix` to the prompt itself: the reply starts after it.
+        result[option] = text[len(prompt_suffix):] if prompt_suffix and text.startswith(prompt_suffix) else text
     return result
 
 
@@ -186,7 +209,10 @@ class LoglikScorer:
     def __init__(self, model, processor, *, method: str = "auto", batch_size: int = 128):
         if method not in METHODS:
             raise ValueError(f"evaluate: method must be one of {METHODS}, got {method!r}")
+        from mmloop.models.architectures import architecture
+
         self.model, self.processor = model, processor
+        self.prompt_suffix = architecture(model).processor_suffix
         self.method, self.batch_size = method, int(batch_size)
         self.shared_prefix_works = True
         self.shared_prefix_checked = False
@@ -200,7 +226,7 @@ class LoglikScorer:
         only looks at its own kind's replies); `anchors` are the lines every prompt's last turn
         ends with; `names` name the texts in the tie warning."""
         distinct = sorted({reply for text_replies in replies for reply in text_replies})
-        texts_by_reply = continuation_texts(self.processor, distinct)
+        texts_by_reply = continuation_texts(self.processor, distinct, self.prompt_suffix)
         continuations = {}
         for kind in dict.fromkeys(reply_sets):
             keys = sorted({reply for text_kind, text_replies in zip(reply_sets, replies) if text_kind == kind
@@ -236,16 +262,10 @@ class LoglikScorer:
         """Scores per text and reply. Texts whose replies are each one token past the prompt take
         one forward pass (the next-token log-probs); the rest share each prompt's KV cache over
         their replies, or (method "per_option", or where that fails) get one sequence per reply."""
-        encoded = self.processor(text=list(texts), images=list(arrays), return_tensors="pt", padding=True,
-                                 add_special_tokens=False)
-        mask = encoded["attention_mask"]
-        if not bool((mask.cumprod(dim=1).sum(dim=1) == mask.sum(dim=1)).all()):
-            raise ValueError("evaluate: the processor padded on the left although the tokenizer's padding_side "
-                             "is 'right'; scoring needs right padding so positions match an unbatched run")
-        lengths = mask.sum(dim=1).tolist()
-        ids = encoded["input_ids"]
-        splits = [continuation.split(text, ids[row, :length].tolist())
-                  for row, (continuation, text, length) in enumerate(zip(continuations, texts, lengths))]
+        prompts = Prompts(self.processor, texts, arrays)
+        ids = prompts.encoded["input_ids"]
+        splits = [continuation.split(text + self.prompt_suffix, ids[row, :length].tolist())
+                  for row, (continuation, text, length) in enumerate(zip(continuations, texts, prompts.lengths))]
         option_ids = [[ids_by_reply[reply] for reply in text_replies]
                       for text_replies, (_, ids_by_reply) in zip(replies, splits)]
         for row, options in enumerate(option_ids):
@@ -258,28 +278,27 @@ class LoglikScorer:
                                  (False, [r for r, one in enumerate(single) if not one])):
             if not rows:
                 continue
-            part = {key: value[rows] for key, value in encoded.items()} if len(rows) < len(replies) else dict(encoded)
-            part_lengths = [lengths[r] for r in rows]
+            part = prompts.subset(rows)
             part_drops = [splits[r][0] for r in rows]
             part_ids = [option_ids[r] for r in rows]
             if use_single:
-                found = score_next_token(self.model, part, part_lengths, part_ids)
+                found = score_next_token(self.model, part, part_ids)
             elif self.method == "per_option" or not self.shared_prefix_works:
-                found = score_per_option(self.model, part, part_lengths, part_drops, part_ids, self.batch_size)
+                found = score_per_option(self.model, part, part_drops, part_ids, self.batch_size)
             else:
-                found = self._shared_prefix_or_per_option(part, part_lengths, part_drops, part_ids)
+                found = self._shared_prefix_or_per_option(part, part_drops, part_ids)
             for r, row_scores in zip(rows, found):
                 scores[r] = row_scores
         return scores
 
-    def _shared_prefix_or_per_option(self, encoded, lengths, drops, option_ids) -> list[list[float]]:
+    def _shared_prefix_or_per_option(self, prompts: Prompts, drops, option_ids) -> list[list[float]]:
         """The shared-prefix scores; the first time, one item is checked against the per-option path.
         With method "auto" a failure (an exception, or a check that disagrees) switches this
         evaluation to the per-option path; with "shared_prefix" it is raised."""
         try:
-            found = score_shared_prefix(self.model, encoded, lengths, drops, option_ids, self.batch_size)
+            found = score_shared_prefix(self.model, prompts, drops, option_ids, self.batch_size)
             if not self.shared_prefix_checked:
-                self._check_against_per_option(found, encoded, lengths, drops, option_ids)
+                self._check_against_per_option(found, prompts, drops, option_ids)
                 self.shared_prefix_checked = True
             return found
         except Exception as err:  # noqa: BLE001 - any model-specific failure means: use the plain path
@@ -288,13 +307,12 @@ class LoglikScorer:
             self.shared_prefix_works = False
             warnings.warn(f"evaluate: shared-prefix scoring does not work for this model ({type(err).__name__}: "
                           f"{err}); scoring one full sequence per option instead", stacklevel=2)
-            return score_per_option(self.model, encoded, lengths, drops, option_ids, self.batch_size)
+            return score_per_option(self.model, prompts, drops, option_ids, self.batch_size)
 
-    def _check_against_per_option(self, found, encoded, lengths, drops, option_ids) -> None:
+    def _check_against_per_option(self, found, prompts: Prompts, drops, option_ids) -> None:
         # The item with the longest continuation exercises the cache the most.
         row = max(range(len(option_ids)), key=lambda r: max(len(ids) for ids in option_ids[r]))
-        one = {key: value[[row]] for key, value in encoded.items()}
-        expected = score_per_option(self.model, one, [lengths[row]], [drops[row]], [option_ids[row]],
+        expected = score_per_option(self.model, prompts.subset([row]), [drops[row]], [option_ids[row]],
                                     self.batch_size)[0]
         tolerance = SHARED_PREFIX_TOLERANCE.get(str(getattr(self.model, "dtype", "float32")).replace("torch.", ""),
                                                 HALF_PRECISION_TOLERANCE)
@@ -302,6 +320,32 @@ class LoglikScorer:
         if worst > tolerance:
             raise ValueError(f"shared-prefix scores differ from the per-option path by {worst:.3g} "
                              f"(tolerance {tolerance:g})")
+
+
+class Prompts:
+    """Chat-template prompts with their images, encoded once (right padding, so positions match an
+    unbatched run). `subset` encodes some of them again rather than slicing the tensors: some
+    families flatten image patches across the batch (Qwen's `pixel_values`), so rows cannot be
+    cut out of them."""
+
+    def __init__(self, processor, texts: Sequence[str], arrays: Sequence[Any]):
+        self.processor, self.texts, self.arrays = processor, list(texts), list(arrays)
+        self.encoded = encode_prompts(processor, self.texts, self.arrays)
+        mask = self.encoded["attention_mask"]
+        if not bool((mask.cumprod(dim=1).sum(dim=1) == mask.sum(dim=1)).all()):
+            raise ValueError("evaluate: the processor padded on the left although the tokenizer's padding_side "
+                             "is 'right'; scoring needs right padding so positions match an unbatched run")
+        self.lengths = mask.sum(dim=1).tolist()
+
+    def subset(self, rows: Sequence[int]) -> Prompts:
+        if list(rows) == list(range(len(self.texts))):
+            return self
+        return Prompts(self.processor, [self.texts[r] for r in rows], [self.arrays[r] for r in rows])
+
+    def pad_id(self) -> int:
+        """The pad id the processor used (any id works under a zero attention mask)."""
+        tokenizer = self.processor.tokenizer
+        return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 def _on_device(model, value):
@@ -313,57 +357,80 @@ def forward_logits(model, inputs: Mapping[str, Any], keep):
     """Logits at the kept positions only (`logits_to_keep`: an int keeps the last N, a tensor
     those positions), so a large vocabulary is never materialised for the whole sequence."""
     inputs = {key: _on_device(model, value) for key, value in inputs.items()}
-    keep = _on_device(model, keep)
-    try:
-        return model(**inputs, logits_to_keep=keep, use_cache=False).logits, True
-    except TypeError:
-        return model(**inputs, use_cache=False).logits, False
+    return model(**inputs, logits_to_keep=_on_device(model, keep), use_cache=False).logits
 
 
-def score_next_token(model, encoded, lengths: Sequence[int], option_ids) -> list[list[float]]:
+def score_next_token(model, prompts: Prompts, option_ids) -> list[list[float]]:
     """Single-token replies: the log-softmax at each prompt's last token."""
     import torch
 
-    last = torch.tensor([length - 1 for length in lengths])
+    last = torch.tensor([length - 1 for length in prompts.lengths])
     positions = torch.unique(last)
-    logits, kept = forward_logits(model, dict(encoded), positions)
-    column = torch.searchsorted(positions, last) if kept else last
-    rows = logits[torch.arange(len(lengths), device=logits.device), column.to(logits.device)].float()
+    logits = forward_logits(model, prompts.encoded, positions)
+    column = torch.searchsorted(positions, last)
+    rows = logits[torch.arange(len(last), device=logits.device), column.to(logits.device)].float()
     logprobs = torch.log_softmax(rows, dim=-1).cpu()
     return [[float(logprobs[row, token[0]]) for token in options] for row, options in enumerate(option_ids)]
 
 
-def score_shared_prefix(model, encoded, lengths, drops, option_ids, batch_size: int) -> list[list[float]]:
+def continuation_positions(model, prompts: Prompts, prefix_mask, kept: Sequence[int], index, steps: int):
+    """Position ids for `steps` reply tokens fed after the cached prompt rows `index` (kept[row]
+    prompt tokens each), the way the model numbers them in one full-sequence forward: plain RoPE
+    counts on from the prompt (PaliGemma counts from 1); M-RoPE (Qwen-VL) adds each prompt's
+    rope delta, which its image grid decides, to all three axes."""
+    import torch
+
+    from mmloop.models.architectures import architecture
+
+    spec = architecture(model)
+    text = torch.tensor([kept[row] for row in index.tolist()])[:, None] + torch.arange(steps)[None, :]
+    if not spec.mrope:
+        return text + spec.position_offset
+    encoded = prompts.encoded
+    extra = {key: encoded[key] for key in ("mm_token_type_ids", "image_grid_thw", "video_grid_thw",
+                                           "second_per_grid_ts") if key in encoded}
+    _, deltas = model.model.get_rope_index(input_ids=_on_device(model, encoded["input_ids"]),
+                                           attention_mask=_on_device(model, prefix_mask),
+                                           **{key: _on_device(model, value) for key, value in extra.items()})
+    return (text + deltas.cpu()[index]).unsqueeze(0).expand(3, -1, -1)
+
+
+def score_shared_prefix(model, prompts: Prompts, drops, option_ids, batch_size: int) -> list[list[float]]:
     """Each prompt (minus its dropped tokens) runs once with the KV cache on; its last kept
     position gives every reply's first-token log-prob. Replies with more tokens then run
     their tokens 1.. against the cache rows of their item (`batch_size` replies at a time),
-    with the prompt's padding and dropped tokens masked out and explicit positions, so each
-    token sees exactly what it sees in the unbatched full sequence."""
+    with the prompt's padding and dropped tokens masked out and the positions the model would
+    give them in one full sequence, so each token sees exactly what it sees there."""
     import torch
 
+    lengths = prompts.lengths
     kept = [length - drop for length, drop in zip(lengths, drops)]
     if min(kept) < 1:
         raise ValueError("evaluate: a reply's continuation replaces the whole prompt")
-    inputs = {key: _on_device(model, value) for key, value in encoded.items()}
+    width = prompts.encoded["input_ids"].shape[1]
+    prefix_mask = (torch.arange(width)[None, :] < torch.tensor(kept)[:, None]).long()
+    inputs = {key: _on_device(model, value) for key, value in prompts.encoded.items()}
+    inputs["attention_mask"] = _on_device(model, prefix_mask)
     last = torch.tensor([k - 1 for k in kept])
     positions = torch.unique(last)
-    try:
-        output = model(**inputs, logits_to_keep=_on_device(model, positions), use_cache=True)
-        column = torch.searchsorted(positions, last)
-    except TypeError:
-        output = model(**inputs, use_cache=True)
-        column = last
+    output = model(**inputs, logits_to_keep=_on_device(model, positions), use_cache=True)
+    column = torch.searchsorted(positions, last)
     cache = getattr(output, "past_key_values", None)
     if cache is None:
         raise NotImplementedError("the model returned no KV cache")
+    window = min((layer.sliding_window for layer in cache.layers if getattr(layer, "sliding_window", None)),
+                 default=None)
+    if window is not None and width >= window:
+        # A sliding layer keeps the last `window` positions of the padded batch, which cuts the
+        # context of shorter prompts; one full sequence per reply has no such problem.
+        raise NotImplementedError(f"prompts of {width} tokens are longer than a sliding-window cache layer "
+                                  f"keeps ({window})")
     logits = output.logits
     first = torch.log_softmax(logits[torch.arange(len(kept), device=logits.device),
                                      column.to(logits.device)].float(), dim=-1).cpu()
     scores = [[float(first[row, ids[0]]) for ids in options] for row, options in enumerate(option_ids)]
 
-    width = encoded["input_ids"].shape[1]
-    prefix_mask = (torch.arange(width)[None, :] < torch.tensor(kept)[:, None]).long()
-    pad_id = _pad_id(encoded, lengths)
+    pad_id = prompts.pad_id()
     sequences = [(row, option, ids) for row, options in enumerate(option_ids)
                  for option, ids in enumerate(options) if len(ids) > 1]
     for start in range(0, len(sequences), batch_size):
@@ -371,12 +438,11 @@ def score_shared_prefix(model, encoded, lengths, drops, option_ids, batch_size: 
         steps = max(len(ids) for *_, ids in chunk) - 1  # the last token is predicted, never fed
         input_ids = torch.full((len(chunk), steps), pad_id, dtype=torch.long)
         attention = torch.zeros((len(chunk), steps), dtype=torch.long)
-        position_ids = torch.zeros((len(chunk), steps), dtype=torch.long)
         for r, (row, _, ids) in enumerate(chunk):
             input_ids[r, :len(ids) - 1] = torch.tensor(ids[:-1])
             attention[r, :len(ids) - 1] = 1
-            position_ids[r] = kept[row] + torch.arange(steps)
         index = torch.tensor([row for row, *_ in chunk])
+        position_ids = continuation_positions(model, prompts, prefix_mask, kept, index, steps)
         logits = model(input_ids=_on_device(model, input_ids),
                        attention_mask=_on_device(model, torch.cat([prefix_mask[index], attention], dim=1)),
                        position_ids=_on_device(model, position_ids), past_key_values=select_cache(cache, index),
@@ -388,72 +454,59 @@ def score_shared_prefix(model, encoded, lengths, drops, option_ids, batch_size: 
 
 
 def select_cache(cache, index):
-    """A new cache holding rows `index` of `cache` (rows may repeat: one per reply), so the
-    prompt's cache is reused by every reply without being modified."""
-    from transformers import DynamicCache
+    """A copy of `cache` holding rows `index` (rows may repeat: one per reply), so the prompt's
+    cache is reused by every reply without being modified. Layer objects are copied, not rebuilt,
+    so sliding-window layers (Gemma 3) keep their kind and state."""
+    import copy
 
-    if isinstance(cache, DynamicCache):
-        if any(getattr(cache, "is_sliding", None) or ()):
-            raise NotImplementedError("sliding-window cache layers")
-        layers = []
-        for layer in cache.layers:
-            if getattr(layer, "keys", None) is None:
-                raise NotImplementedError("a cache layer without keys")
-            layers.append((layer.keys.index_select(0, index.to(layer.keys.device)),
-                           layer.values.index_select(0, index.to(layer.values.device))))
-        return DynamicCache(layers)
-    if isinstance(cache, tuple):  # the legacy format: ((keys, values), ...) per layer
-        return tuple((keys.index_select(0, index.to(keys.device)), values.index_select(0, index.to(values.device)))
-                     for keys, values in cache)
-    raise NotImplementedError(f"cache type {type(cache).__name__}")
+    layers = []
+    for layer in cache.layers:
+        if getattr(layer, "keys", None) is None:
+            raise NotImplementedError(f"cache layer {type(layer).__name__} without keys")
+        selected = copy.copy(layer)
+        selected.keys = layer.keys.index_select(0, index.to(layer.keys.device))
+        selected.values = layer.values.index_select(0, index.to(layer.values.device))
+        layers.append(selected)
+    new = copy.copy(cache)
+    new.layers = layers
+    return new
 
 
-def score_per_option(model, encoded, lengths, drops, option_ids, batch_size: int) -> list[list[float]]:
-    """One sequence per (item, reply): prompt (minus dropped tokens) plus the continuation,
-    the continuation's token log-probabilities summed. Image tensors are repeated per row."""
+def score_per_option(model, prompts: Prompts, drops, option_ids, batch_size: int) -> list[list[float]]:
+    """One sequence per (item, reply): prompt (minus dropped tokens) plus the continuation, the
+    continuation's token log-probabilities summed. Each chunk's prompts are encoded again, one
+    copy per reply, so every image output is batched the processor's own way; the reply tokens
+    extend the per-token outputs with the values the architecture gives replies (PaliGemma's
+    causal suffix is token type 1)."""
     import torch
 
-    batch = len(lengths)
-    extra = {key: value for key, value in encoded.items() if key not in ("input_ids", "attention_mask")}
-    for key, value in extra.items():
-        if not hasattr(value, "shape") or value.shape[0] != batch:
-            raise NotImplementedError(f"evaluate: per-option scoring needs per-image processor outputs; "
-                                      f"{key!r} has shape {tuple(getattr(value, 'shape', ()))} for {batch} items")
-    pad_id = _pad_id(encoded, lengths)
-    sequences = []  # (item row, option, prompt length kept, token ids)
-    for row, (length, drop, options) in enumerate(zip(lengths, drops, option_ids)):
-        prompt = encoded["input_ids"][row, :length - drop].tolist()
-        for option, continuation in enumerate(options):
-            sequences.append((row, option, len(prompt), prompt + list(continuation)))
+    from mmloop.models.architectures import architecture
+
+    fills = architecture(model).reply_token_types
+    sequences = [(row, option, continuation) for row, options in enumerate(option_ids)
+                 for option, continuation in enumerate(options)]
     scores = [[0.0] * len(options) for options in option_ids]
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start:start + batch_size]
-        width = max(len(tokens) for *_, tokens in chunk)
-        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(chunk), width), dtype=torch.long)
-        for r, (*_, tokens) in enumerate(chunk):
-            input_ids[r, :len(tokens)] = torch.tensor(tokens)
-            attention[r, :len(tokens)] = 1
-        index = torch.tensor([row for row, *_ in chunk])
-        inputs = {"input_ids": input_ids, "attention_mask": attention,
-                  **{key: value[index] for key, value in extra.items()}}
+        part = prompts.subset([row for row, *_ in chunk])
+        encoded = part.encoded
+        kept = [length - drops[row] for length, (row, *_) in zip(part.lengths, chunk)]
+        width = max(k + len(continuation) for k, (*_, continuation) in zip(kept, chunk))
+        per_token = sequence_keys(encoded)
+        inputs = {key: value for key, value in encoded.items() if key not in per_token and key != "input_ids"}
+        input_ids = torch.full((len(chunk), width), part.pad_id(), dtype=torch.long)
+        extended = {key: torch.zeros((len(chunk), width), dtype=encoded[key].dtype) for key in per_token}
+        for r, (k, (*_, continuation)) in enumerate(zip(kept, chunk)):
+            input_ids[r, :k] = encoded["input_ids"][r, :k]
+            input_ids[r, k:k + len(continuation)] = torch.tensor(continuation)
+            for key in per_token:
+                extended[key][r, :k] = encoded[key][r, :k]
+                extended[key][r, k:k + len(continuation)] = 1 if key == "attention_mask" else fills.get(key, 0)
+        inputs.update(extended, input_ids=input_ids)
         # Position p predicts token p + 1: the continuation starts at the shortest kept prompt.
-        first = min(kept for _, _, kept, _ in chunk) - 1
-        logits, kept_tail = forward_logits(model, inputs, width - first)
-        offset = first if kept_tail else 0
-        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
-        for r, (row, option, kept, tokens) in enumerate(chunk):
-            total = 0.0
-            for position in range(kept, len(tokens)):
-                total += float(logprobs[r, position - 1 - offset, tokens[position]])
-            scores[row][option] = total
+        first = min(kept) - 1
+        logprobs = torch.log_softmax(forward_logits(model, inputs, width - first).float(), dim=-1).cpu()
+        for r, (k, (row, option, continuation)) in enumerate(zip(kept, chunk)):
+            scores[row][option] = sum(float(logprobs[r, k + j - 1 - first, token])
+                                      for j, token in enumerate(continuation))
     return scores
-
-
-def _pad_id(encoded, lengths: Sequence[int]) -> int:
-    """The pad id the processor used (any id works under a zero attention mask)."""
-    ids = encoded["input_ids"]
-    for row, length in enumerate(lengths):
-        if length < ids.shape[1]:
-            return int(ids[row, length])
-    return 0

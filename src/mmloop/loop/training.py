@@ -1,26 +1,33 @@
-"""Supervised fine-tuning of the VLM on sample records.
+"""Supervised fine-tuning of a VLM on sample records, on the transformers Trainer.
 
-Two entry points share one loop:
-- `train_base`: the embedded tiny LLaVA's first training, projector plus language
-  model, vision tower frozen;
-- `train_lora`: one loop iteration, LoRA on the language model's projections
-  (scoped by regex so the vision tower is never wrapped) plus the projector as a
-  fully trained module; the adapter is merged afterwards so the next iteration
-  loads a plain model through the same Auto* path as every other stage.
+Two entry points:
+- `train_base`: the embedded tiny LLaVA's first training: projector and language model,
+  the vision tower frozen;
+- `train_lora`: one loop iteration: LoRA on the decoder's linear layers, the projector
+  trained fully (peft's `modules_to_save`), the vision tower frozen unless
+  `train.train_vision`; the adapter is merged afterwards so the next iteration loads a plain
+  model through the same Auto* path as every other stage. What those modules are called in
+  each family is `models.architectures`' business.
 
-The loss covers the assistant replies only: the chat template marks them with
-`{% generation %}`, the processor returns `assistant_masks`, and every other
-token (system, user, image, padding) gets label -100.
+Why the transformers Trainer and not TRL's SFTTrainer: the loss mask comes from the model's
+own chat template turn by turn (`models.chat.reply_spans`), and batches must keep every
+processor output (`image_grid_thw`, `pixel_attention_mask`, `token_type_ids`, ...) and never
+be truncated. SFTTrainer's vision path truncates by default, which cuts image tokens out of
+the sequence (TRL #4289, #5285), and its assistant-only loss needs `{% generation %}` tags
+that most published templates lack. With the Trainer, collation is ours and the rest is the
+standard stack: accelerate (`accelerate launch` for data-parallel, mixed precision), the
+learning-rate schedule, length-grouped batches, checkpoints and resume, gradient
+checkpointing, and logging callbacks (DVCLive).
 
-Images are decoded once and held as uint8 arrays; each batch goes through one
-batched processor call. Shuffling, init and dropout are seeded, so the same
-records and params give the same model.
+The loss covers each assistant reply and its end-of-turn token, nothing else. A record with
+no such token or a non-finite loss stops training with an error naming the samples: a round
+that learns nothing is an error, not a result.
 """
 
 from __future__ import annotations
 
-import math
 import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,12 +36,11 @@ from typing import Any
 from mmloop.config import BaseConfig, Optimisation, TrainConfig
 
 IGNORE_INDEX = -100
-# LoRA goes on the language model's projections only: peft's plain name list
-# ("q_proj", ...) would also wrap the CLIP tower's q/k/v projections.
-LORA_TARGET_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-PROJECTOR_MODULE = "multi_modal_projector"
-# Length-grouped batching sorts rows by length within windows of this many batches.
-LENGTH_GROUP_BATCHES = 32
+RUN_KEY_FILE = "mmloop-run.json"
+
+
+class TrainingError(RuntimeError):
+    """Training produced nothing to learn from (a non-finite loss, no label tokens)."""
 
 
 def load_images(records: Sequence[Mapping[str, Any]], data_root: str | os.PathLike, *,
@@ -62,59 +68,6 @@ def load_images(records: Sequence[Mapping[str, Any]], data_root: str | os.PathLi
     return cache
 
 
-def _check_conversation(record: Mapping[str, Any], source: str) -> None:
-    turns = record.get("conversations") or []
-    if not any(turn.get("role") == "assistant" for turn in turns):
-        raise ValueError(f"{source}: record {record.get('sample_id')!r}: field 'conversations' has no "
-                         f"assistant turn to train on")
-    if not turns or turns[0].get("role") not in ("user", "system"):
-        raise ValueError(f"{source}: record {record.get('sample_id')!r}: field 'conversations' must start "
-                         f"with a user or system turn")
-
-
-def encode_records(processor, records: Sequence[Mapping[str, Any]], images: Mapping[str, Any], *,
-                   chunk: int = 256) -> list[tuple[list[int], list[int]]]:
-    """(input_ids, labels) per record through batched processor calls; labels keep the
-    assistant tokens' ids and put -100 everywhere else (system, user, image tokens)."""
-    from mmloop.models.vlm import messages
-
-    encoded = []
-    for start in range(0, len(records), chunk):
-        part = records[start:start + chunk]
-        # Lists, not tensors: the processor's assistant-mask pass is ~10x slower on tensors.
-        out = processor.apply_chat_template(
-            [messages(record["conversations"]) for record in part], tokenize=True, return_dict=True,
-            return_assistant_tokens_mask=True, return_tensors=None,
-            processor_kwargs={"images": [[images[record["image"]]] for record in part]},
-        )
-        for ids, mask in zip(out["input_ids"], out["assistant_masks"]):
-            encoded.append((list(ids), [token if keep else IGNORE_INDEX for token, keep in zip(ids, mask)]))
-    return encoded
-
-
-def collate(processor, encoded: Sequence[tuple[list[int], list[int]]], image_arrays: Sequence[Any]):
-    """Right-padded tensors for one batch; pixel values from the cached uint8 images."""
-    import torch
-
-    pad_id = processor.tokenizer.pad_token_id
-    width = max(len(ids) for ids, _ in encoded)
-    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(encoded), width), IGNORE_INDEX, dtype=torch.long)
-    attention = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, (ids, row_labels) in enumerate(encoded):
-        input_ids[row, :len(ids)] = torch.tensor(ids)
-        labels[row, :len(ids)] = torch.tensor(row_labels)
-        attention[row, :len(ids)] = 1
-    pixels = processor.image_processor(list(image_arrays), return_tensors="pt")["pixel_values"]
-    return {"input_ids": input_ids, "attention_mask": attention, "pixel_values": pixels, "labels": labels}
-
-
-def encode_batch(processor, records: Sequence[Mapping[str, Any]], images: Mapping[str, Any]):
-    """Tensors with labels for one batch of records (what `fit` feeds the model)."""
-    return collate(processor, encode_records(processor, records, images),
-                   [images[record["image"]] for record in records])
-
-
 def draw_replay(pool: Sequence[Mapping[str, Any]], new: int, ratio: float, *, seed: int) -> list[Mapping[str, Any]]:
     """`ratio * new` records drawn without replacement from the replay pool (all of it when smaller),
     so each round also rehearses the seed and earlier rounds' data instead of forgetting them."""
@@ -127,208 +80,346 @@ def draw_replay(pool: Sequence[Mapping[str, Any]], new: int, ratio: float, *, se
     return [pool[int(index)] for index in sorted(chosen)]
 
 
-def _schedule(step: int, total: int, warmup: int) -> float:
-    """Linear warmup, then cosine decay to 10% of the peak."""
-    if step < warmup:
-        return (step + 1) / max(1, warmup)
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+def _check_conversation(record: Mapping[str, Any], source: str) -> None:
+    turns = record.get("conversations") or []
+    if not any(turn.get("role") == "assistant" for turn in turns):
+        raise ValueError(f"{source}: record {record.get('sample_id')!r}: field 'conversations' has no "
+                         f"assistant turn to train on")
+    if not turns or turns[0].get("role") not in ("user", "system"):
+        raise ValueError(f"{source}: record {record.get('sample_id')!r}: field 'conversations' must start "
+                         f"with a user or system turn")
+    for index, turn in enumerate(turns):
+        if turn.get("role") == "assistant" and not str(turn.get("content") or "").strip():
+            raise ValueError(f"{source}: record {record.get('sample_id')!r}: field 'conversations' turn {index}: "
+                             f"the assistant reply is empty, so there is nothing to train on")
 
 
-def batch_plan(lengths: Sequence[int], batch_size: int, total_steps: int, seed: int,
-               group: int = LENGTH_GROUP_BATCHES) -> list[list[int]]:
-    """Row indices of every step's batch, `total_steps` of them.
+def encode(processor, records: Sequence[Mapping[str, Any]], source: str = "records") -> list[dict[str, Any]]:
+    """One training example per record: the rendered conversation, its tokens (text only, the image
+    placeholder unexpanded) and which of them the loss trains on. The image tokens are added by
+    the processor in the collator; `aligned_labels` finds the trained tokens again there."""
+    from mmloop.models.chat import adds_special_tokens, messages, reply_spans, token_mask
 
-    Each epoch is a seeded permutation cut into windows of `group` batches; within a window
-    rows are sorted by length before batching, and the batches are shuffled again. Batches
-    then hold sequences of similar length, so padding (a long seed conversation among short
-    generated items) no longer multiplies the cost of a step, while the order stays random.
-    """
-    import numpy as np
+    texts, spans = [], []
+    for record in records:
+        _check_conversation(record, source)
+        text, record_spans = reply_spans(processor, messages(record["conversations"]),
+                                         source=f"{source}: record {record.get('sample_id')!r}")
+        texts.append(text)
+        spans.append(record_spans)
+    if not texts:
+        return []
+    tokens = processor.tokenizer(texts, add_special_tokens=adds_special_tokens(processor, texts[0]),
+                                 return_offsets_mapping=True)
+    examples = []
+    for record, text, record_spans, ids, offsets in zip(records, texts, spans, tokens["input_ids"],
+                                                        tokens["offset_mapping"]):
+        mask = token_mask(offsets, record_spans)
+        if not any(mask):
+            raise TrainingError(f"{source}: record {record.get('sample_id')!r}: field 'conversations': no token "
+                                f"of the assistant replies is left to train on")
+        examples.append({"sample_id": record.get("sample_id"), "image": record["image"], "text": text,
+                         "input_ids": list(ids), "mask": mask})
+    return examples
 
-    rng = np.random.default_rng(seed)
-    plan: list[list[int]] = []
-    while len(plan) < total_steps:
-        order = rng.permutation(len(lengths))
-        epoch = []
-        window = batch_size * group
-        for start in range(0, len(order), window):
-            rows = sorted(order[start:start + window].tolist(), key=lambda row: lengths[row])
-            epoch += [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
-        plan += [epoch[i] for i in rng.permutation(len(epoch))]
-    return plan[:total_steps]
+
+def aligned_labels(row_ids: Sequence[int], example: Mapping[str, Any], source: str) -> list[int]:
+    """Labels for the processor's tokens of one example: the ids of the tokens `example["mask"]`
+    marks, found in `row_ids` (which hold the expanded image tokens too, so they are longer), -100
+    elsewhere. The trained tokens sit after the image, so they are first looked for at the same
+    distance from the end; a processor that appends text of its own is searched."""
+    ids, mask = example["input_ids"], example["mask"]
+    marked = [i for i, keep in enumerate(mask) if keep]
+    first, last = marked[0], marked[-1]
+    wanted = list(ids[first:last + 1])
+    shift = len(row_ids) - len(ids)
+    candidates = [shift] + [d for d in range(-first, len(row_ids) - last) if d != shift]
+    for d in candidates:
+        if list(row_ids[first + d:last + d + 1]) == wanted:
+            labels = [IGNORE_INDEX] * len(row_ids)
+            for i in marked:
+                labels[i + d] = ids[i]
+            return labels
+    raise TrainingError(f"{source}: record {example['sample_id']!r}: the processor's tokens do not contain the "
+                        f"reply tokens of the rendered conversation; cannot place the labels")
 
 
-class Checkpoint:
-    """Resumable training state in one file, written atomically every few steps.
+class Collator:
+    """A batch from examples: one processor call on the rendered texts with each example's image
+    (a list per prompt), every output it returns kept, then the labels. Never truncates.
+    `reply_token_types` (the architecture's): the value per-token outputs take from the first
+    reply token on (PaliGemma's prefix-LM: the suffix attends causally)."""
 
-    The key hashes what determines the run (records, settings, the starting weights'
-    trainable names), so a rerun of the same training after a crash resumes where the
-    last checkpoint left it, and any other run starts afresh.
-    """
+    def __init__(self, processor, images: Mapping[str, Any], source: str = "records",
+                 reply_token_types: Mapping[str, int] | None = None):
+        from mmloop.models.chat import adds_special_tokens
 
-    def __init__(self, path: str | os.PathLike | None, key: str):
-        self.path = Path(path) if path else None
-        self.key = key
+        self.processor, self.images, self.source = processor, images, source
+        self.reply_token_types = dict(reply_token_types or {})
+        self.adds_special_tokens = adds_special_tokens
 
-    def load(self):
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         import torch
 
-        if self.path is None or not self.path.is_file():
-            return None
-        state = torch.load(self.path, map_location="cpu", weights_only=False)
-        return state if state.get("key") == self.key else None
+        texts = [example["text"] for example in examples]
+        tokenizer = self.processor.tokenizer
+        padding_side, tokenizer.padding_side = tokenizer.padding_side, "right"
+        try:
+            batch = dict(self.processor(text=texts, images=[[self.images[example["image"]]] for example in examples],
+                                        padding=True, return_tensors="pt",
+                                        add_special_tokens=self.adds_special_tokens(self.processor, texts[0])))
+        finally:
+            tokenizer.padding_side = padding_side
+        ids, attention = batch["input_ids"], batch["attention_mask"]
+        labels = torch.full_like(ids, IGNORE_INDEX)
+        for row, example in enumerate(examples):
+            length = int(attention[row].sum())
+            labels[row, :length] = torch.tensor(aligned_labels(ids[row, :length].tolist(), example, self.source))
+            first = int((labels[row] != IGNORE_INDEX).nonzero()[0])
+            for key, value in self.reply_token_types.items():
+                if key in batch:
+                    batch[key][row, first:length] = value
+        batch["labels"] = labels
+        batch["sample_ids"] = [example["sample_id"] for example in examples]
+        return batch
 
-    def save(self, model, optimizer, scheduler, step: int, losses: list[float], tokens: int, samples: int) -> None:
-        import torch
 
-        from mmloop.io import atomic_path
+def _trainer_class():
+    import torch
+    from transformers import Trainer
+    from transformers.trainer_pt_utils import LengthGroupedSampler
 
-        if self.path is None:
-            return
-        trainable = {name for name, param in model.named_parameters() if param.requires_grad}
-        state = {"key": self.key, "step": step, "losses": losses, "tokens": tokens, "samples": samples,
-                 "model": {name: value for name, value in model.state_dict().items() if name in trainable},
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-        with atomic_path(self.path) as tmp:
-            torch.save(state, tmp)
+    class EpochSeededSampler(LengthGroupedSampler):
+        """transformers' length-grouped order (batches of similar length, so a long seed conversation
+        among short items does not multiply a step's padding), drawn from (seed, epoch) alone: a
+        resumed run replays exactly the order the killed one had."""
 
-    def clear(self) -> None:
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
+        def __init__(self, batch_size: int, lengths: list[int], seed: int):
+            super().__init__(batch_size, lengths=lengths)
+            self.seed, self.epoch = seed, 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __iter__(self):
+            self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            return super().__iter__()
+
+    class SupervisedTrainer(Trainer):
+        """The Trainer, with seeded length-grouped batches, stopping on a non-finite loss with the
+        batch's sample ids."""
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            return EpochSeededSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                      [len(example["input_ids"]) for example in dataset], self.args.data_seed)
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            # A full model's checkpoint is written by save_pretrained, which renames keys to the
+            # family's hub layout (LLaVA: "language_model.model..."); the Trainer loads it back with
+            # a plain load_state_dict, misses every key and resumes from the starting weights. Load
+            # it through from_pretrained, which maps the names back. Adapters load the Trainer's way.
+            model = model if model is not None else self.model
+            if (Path(resume_from_checkpoint) / "adapter_config.json").is_file():
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            from transformers import AutoModelForImageTextToText
+
+            saved = AutoModelForImageTextToText.from_pretrained(resume_from_checkpoint, dtype=model.dtype)
+            model.load_state_dict(saved.state_dict())
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            import torch
+
+            sample_ids = inputs.pop("sample_ids", None)
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                          num_items_in_batch=num_items_in_batch)
+            loss = result[0] if return_outputs else result
+            if not bool(torch.isfinite(loss.detach()).all()):
+                raise TrainingError(f"training: the loss is {float(loss.detach().float().mean())} at step "
+                                    f"{self.state.global_step + 1} on samples {sample_ids}; nothing is saved. "
+                                    f"Lower the learning rate, check the data, or train in float32")
+            return result
+
+    return SupervisedTrainer
+
+
+def _checkpoints(output_dir: Path, key: str) -> int:
+    """The step of the newest checkpoint of this same run in `output_dir` (0: none). Checkpoints of
+    any other run (other records, settings or starting weights) are removed."""
+    from mmloop.io import read_json, write_json
+
+    key_file = output_dir / RUN_KEY_FILE
+    if output_dir.is_dir() and (not key_file.is_file() or read_json(key_file).get("key") != key):
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_json(key_file, {"key": key})
+    steps = [int(path.name.split("-")[-1]) for path in output_dir.glob("checkpoint-*")
+             if path.name.split("-")[-1].isdigit() and (path / "trainer_state.json").is_file()]
+    return max(steps, default=0)
 
 
 def fit(model, processor, records: Sequence[Mapping[str, Any]], settings: Optimisation, *, seed: int,
-        data_root: str | os.PathLike = "data", source: str = "records", desc: str = "train",
-        images: Mapping[str, Any] | None = None, checkpoint: str | os.PathLike | None = None,
-        checkpoint_every: int = 50) -> dict[str, Any]:
+        data_root: str | os.PathLike = "data", source: str = "records", images: Mapping[str, Any] | None = None,
+        output_dir: str | os.PathLike | None = None, live_dir: str | os.PathLike | None = None,
+        precision: str = "float32", device: str = "cpu") -> dict[str, Any]:
     """Train the parameters of `model` that require grad. Returns stats
-    {steps, samples, epochs, samples_per_s, tokens_per_s, final_loss, losses, wall_s, resumed_from}.
+    {steps, samples, records, samples_per_s, tokens_per_s, first_loss, final_loss, losses, wall_s,
+    encode_s, resumed_from}.
 
-    With `checkpoint` (a file path) the state is saved every `checkpoint_every` steps and a
-    rerun of the same training resumes from it; the file is removed when training ends.
+    `output_dir` keeps the Trainer's checkpoints every `settings.save_steps` steps: a rerun of the
+    same training after a crash resumes from the newest one, and the folder is removed when
+    training ends. `live_dir`: DVCLive logs the step-level loss and learning rate there.
+    `precision` "bfloat16" / "float16" trains in that mixed precision; `device` "cpu" keeps the
+    Trainer off any accelerator.
     """
-    import numpy as np
-    import torch
+    import tempfile
 
-    from mmloop.io import progress, stable_hash
-    from mmloop.models.vlm import set_threads
+    from transformers import TrainingArguments
+
+    from mmloop.io import show_progress, stable_hash
+    from mmloop.models.architectures import architecture
+    from mmloop.models.vlm import quiet_library_progress
 
     if not records:
         raise ValueError(f"{source}: no records to train on")
-    for record in records:
-        _check_conversation(record, source)
-    set_threads(settings.threads)
-    torch.manual_seed(seed)
+    quiet_library_progress()
     started = time.perf_counter()
     images = images if images is not None else load_images(records, data_root, source=source)
-    encoded = encode_records(processor, records, images)
+    examples = encode(processor, records, source)
     encode_s = time.perf_counter() - started
 
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    params = [p for _, p in named]
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    per_epoch = math.ceil(len(records) / settings.batch_size)
-    total_steps = max(1, round(per_epoch * settings.epochs))
-    warmup = int(settings.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _schedule(step, total_steps, warmup))
-    plan = batch_plan([len(ids) for ids, _ in encoded], settings.batch_size, total_steps, seed)
-
+    if not named:
+        raise TrainingError(f"{source}: the model has no trainable parameter")
     # The run's identity: settings, records, and the starting values of what it trains.
     start = [[name, round(float(p.detach().double().sum()), 6)] for name, p in named]
-    saver = Checkpoint(checkpoint, stable_hash(settings.model_dump(), seed, [record.get("sample_id") for record in records],
-                                               start))
-    losses: list[float] = []
-    tokens = samples = step = 0
-    state = saver.load()
-    if state is not None:
-        model.load_state_dict(state["model"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, losses, tokens, samples = state["step"], state["losses"], state["tokens"], state["samples"]
-    resumed_from = step
+    key = stable_hash(settings.model_dump(), seed, precision, [record.get("sample_id") for record in records], start)
+    scratch = tempfile.TemporaryDirectory(prefix="mmloop-train-") if output_dir is None else None
+    output_dir = Path(scratch.name if scratch else output_dir)
 
-    model.train()
-    bar = progress(total=total_steps, initial=step, desc=desc, unit="step")
-    for rows in plan[step:]:
-        batch = collate(processor, [encoded[i] for i in rows], [images[records[i]["image"]] for i in rows])
-        loss = model(**batch).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if settings.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        losses.append(float(loss.detach()))
-        tokens += int(batch["attention_mask"].sum())
-        samples += len(rows)
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        if step % checkpoint_every == 0 and step < total_steps:
-            saver.save(model, optimizer, scheduler, step, losses, tokens, samples)
-    bar.close()
+    args = TrainingArguments(
+        output_dir=str(output_dir), per_device_train_batch_size=settings.batch_size,
+        num_train_epochs=settings.epochs, learning_rate=settings.lr, weight_decay=settings.weight_decay,
+        warmup_steps=settings.warmup_ratio, lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": 0.1}, max_grad_norm=settings.max_grad_norm,
+        seed=seed, data_seed=seed,
+        logging_steps=settings.logging_steps, logging_first_step=True,
+        save_strategy="no" if scratch else "steps", save_steps=settings.save_steps, save_total_limit=1,
+        activation_checkpointing=settings.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
+        bf16=precision == "bfloat16", fp16=precision == "float16", use_cpu=device == "cpu",
+        include_num_input_tokens_seen="non_padding", remove_unused_columns=False, dataloader_pin_memory=False,
+        report_to="none", disable_tqdm=not show_progress(), log_level="warning",
+    )
+    with args.main_process_first(local=False):
+        resumed_from = _checkpoints(output_dir, key)
+    callbacks = []
+    if live_dir is not None:
+        from dvclive import Live
+        from transformers.integrations import DVCLiveCallback
+
+        callbacks.append(DVCLiveCallback(live=Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None,
+                                                   resume=bool(resumed_from))))
+    trainer = _trainer_class()(model=model, args=args, train_dataset=examples,
+                               data_collator=Collator(processor, images, source,
+                                                      architecture(model).reply_token_types),
+                               callbacks=callbacks)
+    if not show_progress():  # without a bar the Trainer prints every log line; CI stays quiet
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(output_dir / f"checkpoint-{resumed_from}")
+                               if resumed_from else None)
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
     model.eval()
-    saver.clear()
+    if trainer.is_world_process_zero() and scratch is None:
+        shutil.rmtree(output_dir, ignore_errors=True)
     wall = time.perf_counter() - started
-    tail = losses[-max(1, len(losses) // 20):]
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    runtime = result.metrics["train_runtime"]
     return {
-        "steps": step, "samples": samples, "records": len(records),
+        "steps": trainer.state.global_step, "records": len(records),
+        "samples": round(result.metrics["train_samples_per_second"] * runtime),
         "epochs": settings.epochs, "batch_size": settings.batch_size, "lr": settings.lr,
-        "samples_per_s": samples / wall, "tokens_per_s": tokens / wall,
-        "first_loss": losses[0], "final_loss": float(np.mean(tail)), "resumed_from": resumed_from,
+        "samples_per_s": result.metrics["train_samples_per_second"],
+        "tokens_per_s": trainer.state.num_input_tokens_seen / runtime if runtime else 0.0,
+        "first_loss": losses[0], "final_loss": losses[-1], "resumed_from": resumed_from,
         "losses": [round(value, 4) for value in losses], "wall_s": wall, "encode_s": encode_s,
+        "precision": precision, "processes": args.world_size,
     }
 
 
+def is_main_process() -> bool:
+    """Whether this is the process that writes outputs (the only one, unless under `accelerate launch`)."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
 def freeze_vision_tower(model) -> None:
-    """Projector and language model train; the vision tower stays as built."""
+    """Everything trains but the vision tower."""
+    from mmloop.models.architectures import architecture, submodule
+
     model.requires_grad_(True)
-    model.model.vision_tower.requires_grad_(False)
+    submodule(model, architecture(model).vision).requires_grad_(False)
 
 
 def train_base(model, processor, records: Sequence[Mapping[str, Any]], settings: BaseConfig, *, seed: int,
-               data_root: str | os.PathLike = "data", source: str = "seed",
-               checkpoint: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Full training of projector + language model (vision tower frozen), in place."""
+               data_root: str | os.PathLike = "data", source: str = "seed", **run: Any) -> dict[str, Any]:
+    """Full training of projector + language model (vision tower frozen), in place. `run`: `fit`'s
+    output_dir, live_dir, precision and device."""
     from mmloop.models.vlm import trainable_parameters
 
     freeze_vision_tower(model)
     trainable, total = trainable_parameters(model)
-    stats = fit(model, processor, records, settings, seed=seed, data_root=data_root, source=source, desc="base",
-                checkpoint=checkpoint)
+    stats = fit(model, processor, records, settings, seed=seed, data_root=data_root, source=source, **run)
     return {**stats, "trainable_parameters": trainable, "parameters": total}
 
 
-def lora_config(settings: TrainConfig):
+def lora_config(model, settings: TrainConfig):
+    """LoRA on every linear layer of the decoder (found by module path, so no family's projection
+    names are assumed and the vision tower is never wrapped); the projector, and the vision tower
+    when `settings.train_vision`, trained fully."""
     from peft import LoraConfig
+    from torch.nn import ModuleList
 
-    return LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout, bias="none",
-                      target_modules=LORA_TARGET_REGEX, modules_to_save=[PROJECTOR_MODULE])
+    from mmloop.models.architectures import architecture, decoder_linear_layers, submodule
+
+    spec = architecture(model)
+    full = []
+    for path in list(spec.projector) + ([spec.vision] if settings.train_vision else []):
+        module = submodule(model, path)
+        # peft wraps single modules; a list of them (Qwen3-VL's deepstack mergers) is wrapped item by item
+        full += [f"{path}.{i}" for i in range(len(module))] if isinstance(module, ModuleList) else [path]
+    targets = decoder_linear_layers(model)
+    if not targets:
+        raise NotImplementedError(f"{type(model).__name__}: no linear layer under {spec.decoder!r} for LoRA")
+    return LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+                      bias="none", target_modules=targets, modules_to_save=full)
 
 
 def wrap_lora(model, settings: TrainConfig, *, seed: int):
-    """The peft model: LoRA on the language model's projections, the projector fully trainable."""
+    """The peft model: LoRA on the decoder, the projector fully trainable."""
     import torch
     from peft import get_peft_model
 
     torch.manual_seed(seed)
     model.requires_grad_(False)
-    return get_peft_model(model, lora_config(settings))
+    return get_peft_model(model, lora_config(model, settings))
 
 
 def train_lora(model, processor, records: Sequence[Mapping[str, Any]], settings: TrainConfig, *, seed: int,
-               data_root: str | os.PathLike = "data", source: str = "records",
-               checkpoint: str | os.PathLike | None = None):
-    """LoRA fine-tuning; returns (peft_model, stats). Call `save_lora` to merge and save."""
+               data_root: str | os.PathLike = "data", source: str = "records", **run: Any):
+    """LoRA fine-tuning; returns (peft_model, stats). Call `save_lora` to merge and save. `run`:
+    `fit`'s output_dir, live_dir, precision and device."""
     from mmloop.models.vlm import trainable_parameters
 
     peft_model = wrap_lora(model, settings, seed=seed)
     trainable, total = trainable_parameters(peft_model)
-    stats = fit(peft_model, processor, records, settings, seed=seed, data_root=data_root, source=source,
-                desc="lora",
-                checkpoint=checkpoint)
+    stats = fit(peft_model, processor, records, settings, seed=seed, data_root=data_root, source=source, **run)
     return peft_model, {**stats, "trainable_parameters": trainable, "parameters": total,
                         "lora": {"r": settings.lora_r, "alpha": settings.lora_alpha,
                                  "dropout": settings.lora_dropout}}

@@ -30,8 +30,6 @@ from typing import Any
 IMAGE_TOKEN = "<image>"
 PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN = "<pad>", "<unk>", "<s>", "</s>"
 USER_TAG, ASSISTANT_TAG, SYSTEM_TAG = "USER:", "ASSISTANT:", "SYSTEM:"
-# At most this many threads: the build machine has 2 cores, more threads only add contention.
-MAX_THREADS = 2
 
 # Vicuna-style turns. The image goes before the text of the turn that carries it;
 # assistant replies (and their end token) are the generation spans the loss trains on.
@@ -76,10 +74,25 @@ DEFAULT_CONFIG = {
 }
 
 
-def set_threads(threads: int = MAX_THREADS) -> None:
+def set_threads(threads: int) -> None:
+    """CPU threads for torch (the `threads` params: as many as the machine's cores is the usual choice)."""
     import torch
 
-    torch.set_num_threads(max(1, min(int(threads), MAX_THREADS)))
+    torch.set_num_threads(max(1, int(threads)))
+
+
+def placement(compute) -> tuple[str, str]:
+    """(device, dtype) of a `compute` section: "auto" picks cuda in bfloat16 when a GPU is there,
+    else the CPU in float32."""
+    import torch
+
+    device = compute.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = compute.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device == "cuda" else "float32"
+    return device, dtype
 
 
 def build_tokenizer(texts: Iterable[str]):
@@ -190,7 +203,7 @@ def _reinit_text_model(model, std: float, seed: int) -> None:
                     param.zero_()
 
 
-def _quiet_progress() -> None:
+def quiet_library_progress() -> None:
     """transformers' own loading/saving bars follow mmloop's rule: only on a terminal, never in CI."""
     from transformers.utils import logging as transformers_logging
 
@@ -204,22 +217,30 @@ def save(model, processor, path: str | os.PathLike) -> Path:
     """save_pretrained of both into `path` (weights as safetensors)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    _quiet_progress()
+    quiet_library_progress()
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
 
 
-def load(path_or_hub_id: str | os.PathLike, *, trainable: bool = False):
-    """(model, processor) from a local folder or a hub id, the same way for both."""
+def load(path_or_hub_id: str | os.PathLike, *, trainable: bool = False, dtype: str = "float32",
+         device: str | None = None):
+    """(model, processor) from a local folder or a hub id, the same way for both; weights in
+    `dtype`, moved to `device` (None: left where they load, for the Trainer to place)."""
+    import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    _quiet_progress()
+    from mmloop.models.architectures import architecture
+
+    quiet_library_progress()
     source = str(path_or_hub_id)
     if _looks_local(source) and not Path(source).is_dir():
         raise FileNotFoundError(f"{source}: model folder not found")
     processor = AutoProcessor.from_pretrained(source)
-    model = AutoModelForImageTextToText.from_pretrained(source)
+    model = AutoModelForImageTextToText.from_pretrained(source, dtype=getattr(torch, dtype))
+    architecture(model)  # an unknown family fails here, before any work
+    if device is not None:
+        model.to(device)
     if trainable:
         model.train()
     else:
@@ -236,20 +257,6 @@ def _looks_local(source: str) -> bool:
 
 def model_name(path_or_hub_id: str | os.PathLike) -> str:
     return str(path_or_hub_id)
-
-
-def messages(conversations: Sequence[Mapping[str, str]], *, with_image: bool = True) -> list[dict[str, Any]]:
-    """Sample-schema turns to chat messages in the content-list form; the image
-    goes into the first user turn."""
-    out, image_placed = [], not with_image
-    for turn in conversations:
-        content: list[dict[str, Any]] = []
-        if turn["role"] == "user" and not image_placed:
-            content.append({"type": "image"})
-            image_placed = True
-        content.append({"type": "text", "text": turn["content"]})
-        out.append({"role": turn["role"], "content": content})
-    return out
 
 
 def trainable_parameters(model) -> tuple[int, int]:
