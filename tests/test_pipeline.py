@@ -145,6 +145,83 @@ def test_lineage_of_a_kept_sample_reaches_its_bad_case(repo):
     assert "[query, iteration 2" in out and "[badcase, iteration 1" in out
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _tree(root: Path) -> dict[str, int]:
+    """{path: modification time} of the files under `root`, git's and DVC's own aside."""
+    return {str(path.relative_to(root)): path.stat().st_mtime_ns for path in root.rglob("*")
+            if path.is_file() and path.relative_to(root).parts[0] not in (".git", ".dvc")}
+
+
+@pytest.mark.slow
+def test_the_train_stage_runs_data_parallel_under_accelerate_launch(repo, tmp_path):
+    """`accelerate launch stages/train.py 1 0` with two processes (gloo on the CPU): the Trainer
+    sees a world of 2, each process takes half the batches, and only the first writes outputs.
+    Before the tests that change the fixture's repo, so it trains on the first repro's data."""
+    import pyarrow.parquet as pq
+    import torch
+    from PIL import Image
+
+    from mmloop.models import chat, vlm
+
+    source, env = repo
+    single = json.loads((source / "metrics" / "train" / "iter=1.json").read_text())
+    # A copy, so the shared fixture is left as it is; DVC's cache and git are not read by the stage.
+    root = tmp_path / "repo"
+    skip = {source / ".git", source / ".dvc" / "cache"}
+    shutil.copytree(source, root, ignore=lambda folder, names: [name for name in names if Path(folder) / name in skip])
+    outputs = [root / "models" / "iter=1", root / "data" / "iter=1" / "replay_pool.parquet",
+               root / "metrics" / "train" / "iter=1.json", root / "metrics" / "train" / "live" / "iter=1",
+               root / "metrics" / "startup" / "train@1.json"]
+    for path in outputs:  # what the stage writes is written by this run
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    before = _tree(root)
+
+    # `--cpu` would take accelerate's simple launcher, which starts one process (several only
+    # through mpirun); `--multi_gpu` starts them through torchrun, and on the CPU the Trainer
+    # (use_cpu) joins them with gloo. No GPU is used, whatever the machine has.
+    launcher = Path(sys.executable).parent / "accelerate"
+    args = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+            "stages/train.py", "1", "0"]
+    result = subprocess.run(args, cwd=root, env=dict(env, CUDA_VISIBLE_DEVICES=""), capture_output=True, text=True,
+                            timeout=1200)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+
+    stats = json.loads((root / "metrics" / "train" / "iter=1.json").read_text())
+    assert stats["processes"] == 2 and single["processes"] == 1
+    assert stats["records"] == single["records"] and stats["kept"] == single["kept"]
+    # The same batches, dealt out between the two processes: half the optimizer steps.
+    assert abs(stats["steps"] - single["steps"] / 2) <= 1, (stats["steps"], single["steps"])
+    print(f"steps: {single['steps']} on 1 process, {stats['steps']} on 2")
+
+    # Only the first process wrote, and nothing was left half-written.
+    written = {name for name, modified in _tree(root).items() if before.get(name) != modified}
+    assert written, "the run wrote nothing"
+    expected = [str(path.relative_to(root)) for path in outputs]
+    stray = {name for name in written if not any(name == out or name.startswith(out + "/") for out in expected)}
+    assert stray == set()
+    assert not [path for path in (root / "models").iterdir() if path.name.startswith(".iter=1")]
+    assert not (root / "models" / ".checkpoints" / "iter=1").exists()
+    assert len(pq.read_table(root / "data" / "iter=1" / "replay_pool.parquet")) > 0
+
+    model, processor = vlm.load(root / "models" / "iter=1")
+    record = pq.read_table(root / "data" / "iter=1" / "kept.parquet").slice(0, 1).to_pylist()[0]
+    text = chat.render(processor, chat.messages(record["conversations"][:1]), add_generation_prompt=True)
+    with Image.open(root / "data" / record["image"]) as image:
+        inputs = processor(text=[text], images=[[image.convert("RGB")]], return_tensors="pt",
+                           add_special_tokens=chat.adds_special_tokens(processor, text))
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert logits.shape[:2] == inputs["input_ids"].shape and torch.isfinite(logits).all()
+
+
 @pytest.mark.slow
 def test_appending_an_iteration_runs_only_its_stages(repo):
     root, env = repo
@@ -205,3 +282,4 @@ def test_the_loop_runs_with_the_openai_teacher_on_a_local_server(repo):
         assert [row["iteration"] for row in csv.DictReader(handle)] == ["0", "1", "2", "3"]
     leaked = subprocess.run(["grep", "-rlF", "--exclude-dir=.git", secret, str(root)], capture_output=True, text=True)
     assert leaked.stdout == ""
+

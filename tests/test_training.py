@@ -1,5 +1,6 @@
 """Training on the Trainer: replay, reply-only labels, what stops a round, DVCLive logs, and resumable checkpoints."""
 
+import math
 import random
 
 import pytest
@@ -160,3 +161,14 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_where_an_unbroken_run
     assert stats["resumed_from"] == 6 and stats["steps"] == 12 and not checkpoints.exists()
     for (name, a), b in zip(unbroken.state_dict().items(), model.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5), name
+
+
+def test_lora_trains_with_gradient_checkpointing(data):
+    from mmloop.config import TrainConfig
+
+    root, records = data
+    model, processor = tiny_model(records)
+    settings = TrainConfig(epochs=1, batch_size=8, lr=3e-3, gradient_checkpointing=True)
+    peft_model, stats = training.train_lora(model, processor, records, settings, seed=0, data_root=root)
+    assert stats["steps"] == 3 and all(math.isfinite(loss) for loss in stats["losses"])
+    assert any(getattr(module, "gradient_checkpointing", False) for module in peft_model.modules())

@@ -318,8 +318,10 @@ def fit(model, processor, records: Sequence[Mapping[str, Any]], settings: Optimi
         from dvclive import Live
         from transformers.integrations import DVCLiveCallback
 
-        callbacks.append(DVCLiveCallback(live=Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None,
-                                                   resume=bool(resumed_from))))
+        # One logger, on the main process: a Live object clears its folder when it starts.
+        live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None, resume=bool(resumed_from)) \
+            if args.process_index == 0 else None
+        callbacks.append(DVCLiveCallback(live=live))
     trainer = _trainer_class()(model=model, args=args, train_dataset=examples,
                                data_collator=Collator(processor, images, source,
                                                       architecture(model).reply_token_types),

@@ -9,7 +9,9 @@ conversation turn by turn and diffing. For assistant turn k,
 
 full_k must extend prompt_k; the reply is found in what follows, and the span covers the
 reply and the end-of-turn token right after it (`<|im_end|>`, `<end_of_turn>`, `</s>`...),
-not the separator the template writes after that token. The spans are character offsets
+not what the template writes between the generation prompt and the reply (PaliGemma's "\n")
+nor the separator after the end token. A token that straddles the reply's start (" A" after
+"ASSISTANT:") is trained, as the model generates it. The spans are character offsets
 into the rendered conversation; `token_mask` maps them onto the processor's tokens.
 """
 
@@ -85,10 +87,10 @@ def reply_spans(processor, conversation: Sequence[Mapping[str, Any]],
                 raise ValueError(f"{source}: assistant turn {k}: the chat template writes no end-of-turn token after "
                                  f"the reply and the tokenizer has no EOS; a model trained on it never learns to stop")
             text = text[:end + inserted] + eos + text[end + inserted:]
-            spans.append((len(prompt) + inserted, end + inserted + len(eos)))
+            spans.append((at + inserted, end + inserted + len(eos)))
             inserted += len(eos)
         else:
-            spans.append((len(prompt) + inserted, end + len(end_token) + inserted))
+            spans.append((at + inserted, end + len(end_token) + inserted))
     return text, spans
 
 
