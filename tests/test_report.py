@@ -23,3 +23,13 @@ def test_bad_metrics_file_is_named(tmp_path):
     (tmp_path / "iter=0.json").write_text(json.dumps({"overall": 0.5}))
     with pytest.raises(ValueError, match="iter=0.json"):
         report.collect(tmp_path)
+
+
+def test_markdown_table_has_a_row_per_iteration_and_the_gain_in_points():
+    from mmloop import report
+
+    rows = [{"iteration": 0, "overall": 0.5, "colour": 0.25}, {"iteration": 2, "overall": 0.625, "colour": 0.5}]
+    lines = report.markdown(rows).splitlines()
+    assert lines[0] == "| iteration | overall | colour |"
+    assert lines[2] == "| 0 | .500 | .250 |" and lines[3] == "| 2 | .625 | .500 |"
+    assert lines[4] == "| gain 0→2 (points) | +12.5 | +25.0 |"

@@ -18,6 +18,17 @@ def _lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _history(args: argparse.Namespace) -> int:
+    from mmloop import report
+
+    try:
+        print(report.markdown(report.collect(args.eval_dir)))
+    except (FileNotFoundError, ValueError) as err:
+        print(f"mmloop history: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _graph(args: argparse.Namespace) -> int:
     from mmloop import graph
 
@@ -120,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.add_argument("--data-root", default="data", help="where the pipeline's parquet files live (default: data)")
     lineage.set_defaults(run=_lineage)
 
+    history = commands.add_parser("history", help="the loop's accuracy per iteration and category as a Markdown "
+                                                  "table, with the gain in points")
+    history.add_argument("--eval-dir", default="metrics/eval", help="where the iter=N.json metrics are")
+    history.set_defaults(run=_history)
     graph = commands.add_parser("graph", help="check (or --write) dvc.yaml's deps and params against what the "
                                               "stages read")
     graph.add_argument("--write", action="store_true", help="rewrite dvc.yaml's deps and params")

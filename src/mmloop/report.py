@@ -47,6 +47,22 @@ def write_history(rows: list[dict[str, Any]], csv_path: str | Path) -> None:
     write_text(csv_path, buffer.getvalue())
 
 
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The history as a Markdown table (accuracy to three places), with the last row's gain over
+    the first in points: what the README shows, generated rather than typed."""
+    columns = [name for name in dict.fromkeys(name for row in rows for name in row) if name != "iteration"]
+    lines = ["| iteration | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for row in rows:
+        cells = [f"{row[name]:.3f}".lstrip("0") if name in row else "-" for name in columns]
+        lines.append(f"| {row['iteration']} | " + " | ".join(cells) + " |")
+    if len(rows) > 1:
+        first, last = rows[0], rows[-1]
+        gains = [f"{100 * (last[name] - first[name]):+.1f}" if name in first and name in last else "-"
+                 for name in columns]
+        lines.append(f"| gain {first['iteration']}→{last['iteration']} (points) | " + " | ".join(gains) + " |")
+    return "\n".join(lines)
+
+
 def write_html(rows: list[dict[str, Any]], html_path: str | Path) -> None:
     """A self-contained page: accuracy table with the change against the first model."""
     from mmloop.io import write_text

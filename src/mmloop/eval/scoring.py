@@ -25,8 +25,14 @@ Batching (right padding, so positions match an unbatched run):
   cache on, then every reply's remaining tokens run against that cache (expanded over the
   replies), so the image and the prompt are encoded once per item, not once per option. The
   first batch checks one item against the per-option path; a model whose forward raises or
-  disagrees (a cache type or position scheme this does not handle) falls back to
+  disagrees (a cache this does not handle, prompts longer than a sliding window) falls back to
 - one sequence per (item, reply), prompt plus continuation (`method="per_option"`).
+
+Per architecture (`models.architectures`): every prompt is processed with its own image list;
+positions after a cached prompt continue the model's own way (M-RoPE's rope deltas for
+Qwen-VL, from 1 for PaliGemma); reply tokens get the token types the architecture gives
+replies (PaliGemma's causal suffix); prompts are never sliced out of a processed batch, since
+some families flatten image patches across it, but processed again.
 
 Texts are batched in order of length (stable), which keeps padding small and the result
 deterministic; a text's latency is its batch's wall time divided by the batch's size.
@@ -235,22 +241,16 @@ class LoglikScorer:
                                                 anchors=anchors)
         scores: list[list[float]] = [[] for _ in texts]
         latencies = [0.0] * len(texts)
-        tokenizer = self.processor.tokenizer
-        padding_side = tokenizer.padding_side
-        try:
-            tokenizer.padding_side = "right"
-            for batch in length_batches(texts, self.batch_size):
-                started = time.perf_counter()
-                found = self.score_batch([replies[i] for i in batch], [texts[i] for i in batch],
-                                         [arrays[i] for i in batch],
-                                         [continuations[reply_sets[i]] for i in batch], [names[i] for i in batch])
-                elapsed_ms = (time.perf_counter() - started) * 1000.0 / len(batch)
-                for i, text_scores in zip(batch, found):
-                    scores[i], latencies[i] = text_scores, elapsed_ms
-                if bar is not None:
-                    bar.update(len(batch))
-        finally:
-            tokenizer.padding_side = padding_side
+        for batch in length_batches(texts, self.batch_size):
+            started = time.perf_counter()
+            found = self.score_batch([replies[i] for i in batch], [texts[i] for i in batch],
+                                     [arrays[i] for i in batch],
+                                     [continuations[reply_sets[i]] for i in batch], [names[i] for i in batch])
+            elapsed_ms = (time.perf_counter() - started) * 1000.0 / len(batch)
+            for i, text_scores in zip(batch, found):
+                scores[i], latencies[i] = text_scores, elapsed_ms
+            if bar is not None:
+                bar.update(len(batch))
         if self.tied:
             warnings.warn(f"evaluate: {len(self.tied)} item(s) have replies that tokenise identically (first: "
                           f"item {self.tied[0]!r}), so their scores tie; is every reply word in the vocabulary?",

@@ -207,7 +207,9 @@ def _trainer_class():
 
     class SupervisedTrainer(Trainer):
         """The Trainer, with seeded length-grouped batches, stopping on a non-finite loss with the
-        batch's sample ids."""
+        batch's sample ids (and `source`, the file they came from)."""
+
+        source = "records"
 
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -235,7 +237,7 @@ def _trainer_class():
                                           num_items_in_batch=num_items_in_batch)
             loss = result[0] if return_outputs else result
             if not bool(torch.isfinite(loss.detach()).all()):
-                raise TrainingError(f"training: the loss is {float(loss.detach().float().mean())} at step "
+                raise TrainingError(f"{self.source}: the loss is {float(loss.detach().float().mean())} at step "
                                     f"{self.state.global_step + 1} on samples {sample_ids}; nothing is saved. "
                                     f"Lower the learning rate, check the data, or train in float32")
             return result
@@ -326,6 +328,7 @@ def fit(model, processor, records: Sequence[Mapping[str, Any]], settings: Optimi
                                data_collator=Collator(processor, images, source,
                                                       architecture(model).reply_token_types),
                                callbacks=callbacks)
+    trainer.source = source
     if not show_progress():  # without a bar the Trainer prints every log line; CI stays quiet
         from transformers.trainer_callback import PrinterCallback
 

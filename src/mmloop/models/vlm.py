@@ -16,8 +16,9 @@ parameters only (no hub access):
   answer prior;
 - a word-level tokenizer trained in-process on the seed texts, `<image>` an
   added special token;
-- a chat template in the standard content-list form whose assistant replies
-  sit inside `{% generation %}` so `return_assistant_tokens_mask` finds them.
+- a chat template in the standard content-list form whose assistant replies end with
+  EOS (training finds the replies by rendering turn by turn, `models.chat`; the
+  `{% generation %}` tags are kept for transformers' own assistant masks).
 """
 
 from __future__ import annotations
