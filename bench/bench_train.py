@@ -20,6 +20,11 @@ sum of its own turns. (Threads instead of processes would not do: torch's matrix
 second Python thread behaved unlike those of a main thread here, using at most one core
 whatever `--threads` says.)
 
+Caveat, measured: taking turns evicts each arm's caches at every step, which slows the faster
+arm more, so this ratio overstates the new path. On a quiet machine the pipeline's own stages
+(the samples/s and tokens/s in metrics/train/iter=N.json) ran at about two thirds of the
+hand-written loop's rate, while this bench printed 0.90 on the same machine.
+
 Tokens are counted the same way for both arms: the non-padding tokens (attention-mask sum,
 image tokens expanded) of the batches the model is called on, seen by a wrapper around
 `model.forward`; their total, and each arm's own count, are checked against the records'
