@@ -44,51 +44,42 @@ def images(count: int = 3) -> list[np.ndarray]:
     return [rng.integers(0, 256, (*sizes[i % 3], 3), dtype=np.uint8) for i in range(count)]
 
 
+def user_turns(answer_format: str = "letter") -> list[list[dict]]:
+    return [chat.messages([{"role": "user", "content": mcq_prompt(q, options, answer_format=answer_format)}])
+            for q, options in QUESTIONS]
+
+
 def prompt_texts(processor, answer_format: str = "letter") -> list[str]:
-    return [chat.render(processor, chat.messages([{"role": "user", "content": mcq_prompt(q, options,
-                                                                                         answer_format=answer_format)}]),
-                        add_generation_prompt=True) for q, options in QUESTIONS]
+    return [chat.render(processor, user, add_generation_prompt=True) for user in user_turns(answer_format)]
 
 
-def naive_scores(model, processor, texts, arrays, replies) -> list[list[float]]:
+def naive_scores(model, processor, answer_format, arrays, replies) -> list[list[float]]:
     """The plain reference: per item and reply, the whole conversation through the processor in its
     own forward pass; the reply's tokens are those after the prompt's tokens up to the reply's end."""
+    spec = architectures.architecture(model)
     scores = []
     with torch.no_grad():
-        for text, array in zip(texts, arrays):
+        for user, array in zip(user_turns(answer_format), arrays):
+            text = chat.render(processor, user, add_generation_prompt=True)
+            prompt_ids = chat.encode(processor, [text], [array])["input_ids"][0]
             row = []
             for reply in replies:
-                full = chat.render(processor, _conversation(processor, text, reply))
-                end = full.index(reply, len(text)) + len(reply)
-
-                def ids(part):
-                    return scoring.encode_prompts(processor, [part], [array])["input_ids"][0]
-
-                prompt_ids, reply_ids = ids(text), ids(full[:end])
-                suffix = architectures.architecture(model).processor_suffix  # the processor appends it
-                if suffix:
-                    reply_ids = reply_ids[:len(reply_ids) - len(processor.tokenizer(suffix, add_special_tokens=False)
-                                                                ["input_ids"])]
+                full = chat.render(processor, user + [{"role": "assistant", "content": [{"type": "text", "text": reply}]}])
+                inputs = chat.encode(processor, [full[:full.index(reply, len(text)) + len(reply)]], [array])
+                reply_ids = inputs["input_ids"][0]
+                if spec.processor_suffix:  # the processor appends it after the reply too
+                    reply_ids = reply_ids[:len(reply_ids) - len(processor.tokenizer(
+                        spec.processor_suffix, add_special_tokens=False)["input_ids"])]
                 start = len(prompt_ids)
                 while start > 0 and not torch.equal(reply_ids[:start], prompt_ids[:start]):
                     start -= 1
-                inputs = scoring.encode_prompts(processor, [full[:end]], [array])
-                for key, value in architectures.architecture(model).reply_token_types.items():
+                for key, value in spec.reply_token_types.items():
                     if key in inputs:  # PaliGemma: the reply is the causal suffix of its prefix-LM
                         inputs[key][0, start:] = value
                 logprobs = torch.log_softmax(model(**inputs).logits[0].float(), dim=-1)
                 row.append(sum(float(logprobs[i - 1, reply_ids[i]]) for i in range(start, len(reply_ids))))
             scores.append(row)
     return scores
-
-
-def _conversation(processor, text, reply):
-    for q, options in QUESTIONS:
-        for answer_format in MCQ_SUFFIXES:
-            user = chat.messages([{"role": "user", "content": mcq_prompt(q, options, answer_format=answer_format)}])
-            if chat.render(processor, user, add_generation_prompt=True) == text:
-                return user + [{"role": "assistant", "content": [{"type": "text", "text": reply}]}]
-    raise AssertionError("unknown prompt")
 
 
 def loglik(model, processor, texts, arrays, replies, method="auto"):
@@ -124,7 +115,7 @@ def test_an_unknown_architecture_is_refused_with_what_to_add():
 def test_loglik_equals_the_naive_per_option_reference(models, name, answer_format, replies):
     _, model, processor = models(name)
     texts, arrays = prompt_texts(processor, answer_format), images()
-    expected = naive_scores(model, processor, texts, arrays, replies)
+    expected = naive_scores(model, processor, answer_format, arrays, replies)
     for method in ("auto", "per_option"):
         found, scorer = loglik(model, processor, texts, arrays, replies, method)
         assert np.allclose(found, expected, atol=1e-5, rtol=0), (method, np.abs(np.subtract(found, expected)).max())

@@ -47,6 +47,7 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from mmloop.models import chat
 from mmloop.questions import MCQ_SUFFIXES
 
 METHODS = ("auto", "shared_prefix", "per_option")
@@ -65,24 +66,6 @@ def length_batches(texts: Sequence[str], batch_size: int) -> Iterable[list[int]]
 
 # ---------------------------------------------------------------- prompts as model inputs
 
-def encode_prompts(processor, texts: Sequence[str], arrays: Sequence[Any], *, padding_side: str = "right"
-                   ) -> dict[str, Any]:
-    """One processor call for chat-template `texts`, each with its own image (a list per prompt:
-    a flat list is one prompt's images to SmolVLM and Gemma 3), padded on `padding_side`, BOS
-    added only when the template did not write it. Every output the processor returns is kept
-    but `labels` (PaliGemma returns some when given a suffix)."""
-    from mmloop.models.chat import adds_special_tokens
-
-    tokenizer = processor.tokenizer
-    previous, tokenizer.padding_side = tokenizer.padding_side, padding_side
-    try:
-        encoded = processor(text=list(texts), images=[[array] for array in arrays], return_tensors="pt",
-                            padding=True, add_special_tokens=adds_special_tokens(processor, texts[0]))
-    finally:
-        tokenizer.padding_side = previous
-    return {key: value for key, value in encoded.items() if key != "labels"}
-
-
 def sequence_keys(encoded: Mapping[str, Any]) -> list[str]:
     """The processor outputs with one value per token (`attention_mask`, `token_type_ids`, ...)."""
     shape = tuple(encoded["input_ids"].shape)
@@ -98,7 +81,7 @@ def generate_texts(model, processor, texts: Sequence[str], arrays: Sequence[Any]
     so every prompt ends where the new tokens start; only the new tokens, special tokens
     skipped, whitespace stripped. The tokenizer's padding side is restored afterwards."""
     tokenizer = processor.tokenizer
-    encoded = encode_prompts(processor, texts, arrays, padding_side="left")
+    encoded = chat.encode(processor, texts, arrays, padding_side="left")
     if not bool(encoded["attention_mask"][:, -1].all()):
         raise ValueError("evaluate: the processor padded on the right although the tokenizer's padding_side "
                          "is 'left'; generation needs left padding so the new tokens follow every prompt")
@@ -134,9 +117,7 @@ def continuation_texts(processor, replies: Sequence[str], prompt_suffix: str = "
     """{reply: the text the chat template puts after the generation prompt up to and
     including the reply} (" B" for "ASSISTANT: B</s>"). Falls back to the bare reply
     for templates whose full conversation does not extend the prompt."""
-    from mmloop.models.chat import messages
-
-    user = messages([{"role": "user", "content": "?"}])  # only the template around the reply matters
+    user = chat.messages([{"role": "user", "content": "?"}])  # only the template around the reply matters
     prompt = processor.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
     result = {}
     for option in replies:
@@ -330,7 +311,7 @@ class Prompts:
 
     def __init__(self, processor, texts: Sequence[str], arrays: Sequence[Any]):
         self.processor, self.texts, self.arrays = processor, list(texts), list(arrays)
-        self.encoded = encode_prompts(processor, self.texts, self.arrays)
+        self.encoded = chat.encode(processor, self.texts, self.arrays)
         mask = self.encoded["attention_mask"]
         if not bool((mask.cumprod(dim=1).sum(dim=1) == mask.sum(dim=1)).all()):
             raise ValueError("evaluate: the processor padded on the left although the tokenizer's padding_side "
@@ -373,26 +354,26 @@ def score_next_token(model, prompts: Prompts, option_ids) -> list[list[float]]:
     return [[float(logprobs[row, token[0]]) for token in options] for row, options in enumerate(option_ids)]
 
 
-def continuation_positions(model, prompts: Prompts, prefix_mask, kept: Sequence[int], index, steps: int):
-    """Position ids for `steps` reply tokens fed after the cached prompt rows `index` (kept[row]
-    prompt tokens each), the way the model numbers them in one full-sequence forward: plain RoPE
-    counts on from the prompt (PaliGemma counts from 1); M-RoPE (Qwen-VL) adds each prompt's
-    rope delta, which its image grid decides, to all three axes."""
+def first_positions(model, prompts: Prompts, prefix_mask, kept: Sequence[int]):
+    """Per prompt row, the position id of the first reply token fed after its cached `kept[row]`
+    prompt tokens, the way the model numbers it in one full-sequence forward: plain RoPE counts
+    on from the prompt (PaliGemma counts from 1); M-RoPE (Qwen-VL) adds the prompt's rope delta,
+    which its image grid decides, on all three axes. Computed once per prompt batch."""
     import torch
 
     from mmloop.models.architectures import architecture
 
     spec = architecture(model)
-    text = torch.tensor([kept[row] for row in index.tolist()])[:, None] + torch.arange(steps)[None, :]
+    start = torch.tensor(list(kept)) + spec.position_offset
     if not spec.mrope:
-        return text + spec.position_offset
+        return start
     encoded = prompts.encoded
     extra = {key: encoded[key] for key in ("mm_token_type_ids", "image_grid_thw", "video_grid_thw",
                                            "second_per_grid_ts") if key in encoded}
     _, deltas = model.model.get_rope_index(input_ids=_on_device(model, encoded["input_ids"]),
                                            attention_mask=_on_device(model, prefix_mask),
                                            **{key: _on_device(model, value) for key, value in extra.items()})
-    return (text + deltas.cpu()[index]).unsqueeze(0).expand(3, -1, -1)
+    return start + deltas.cpu()[:, 0]
 
 
 def score_shared_prefix(model, prompts: Prompts, drops, option_ids, batch_size: int) -> list[list[float]]:
@@ -402,6 +383,8 @@ def score_shared_prefix(model, prompts: Prompts, drops, option_ids, batch_size: 
     with the prompt's padding and dropped tokens masked out and the positions the model would
     give them in one full sequence, so each token sees exactly what it sees there."""
     import torch
+
+    from mmloop.models.architectures import architecture
 
     lengths = prompts.lengths
     kept = [length - drop for length, drop in zip(lengths, drops)]
@@ -433,6 +416,7 @@ def score_shared_prefix(model, prompts: Prompts, drops, option_ids, batch_size: 
     pad_id = prompts.pad_id()
     sequences = [(row, option, ids) for row, options in enumerate(option_ids)
                  for option, ids in enumerate(options) if len(ids) > 1]
+    starts = first_positions(model, prompts, prefix_mask, kept) if sequences else None
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start:start + batch_size]
         steps = max(len(ids) for *_, ids in chunk) - 1  # the last token is predicted, never fed
@@ -442,7 +426,9 @@ def score_shared_prefix(model, prompts: Prompts, drops, option_ids, batch_size: 
             input_ids[r, :len(ids) - 1] = torch.tensor(ids[:-1])
             attention[r, :len(ids) - 1] = 1
         index = torch.tensor([row for row, *_ in chunk])
-        position_ids = continuation_positions(model, prompts, prefix_mask, kept, index, steps)
+        position_ids = starts[index][:, None] + torch.arange(steps)[None, :]
+        if architecture(model).mrope:  # the same positions on M-RoPE's three axes
+            position_ids = position_ids.unsqueeze(0).expand(3, -1, -1)
         logits = model(input_ids=_on_device(model, input_ids),
                        attention_mask=_on_device(model, torch.cat([prefix_mask[index], attention], dim=1)),
                        position_ids=_on_device(model, position_ids), past_key_values=select_cache(cache, index),

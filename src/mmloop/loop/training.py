@@ -152,24 +152,16 @@ class Collator:
 
     def __init__(self, processor, images: Mapping[str, Any], source: str = "records",
                  reply_token_types: Mapping[str, int] | None = None):
-        from mmloop.models.chat import adds_special_tokens
-
         self.processor, self.images, self.source = processor, images, source
         self.reply_token_types = dict(reply_token_types or {})
-        self.adds_special_tokens = adds_special_tokens
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         import torch
 
-        texts = [example["text"] for example in examples]
-        tokenizer = self.processor.tokenizer
-        padding_side, tokenizer.padding_side = tokenizer.padding_side, "right"
-        try:
-            batch = dict(self.processor(text=texts, images=[[self.images[example["image"]]] for example in examples],
-                                        padding=True, return_tensors="pt",
-                                        add_special_tokens=self.adds_special_tokens(self.processor, texts[0])))
-        finally:
-            tokenizer.padding_side = padding_side
+        from mmloop.models.chat import encode
+
+        batch = encode(self.processor, [example["text"] for example in examples],
+                       [self.images[example["image"]] for example in examples])
         ids, attention = batch["input_ids"], batch["attention_mask"]
         labels = torch.full_like(ids, IGNORE_INDEX)
         for row, example in enumerate(examples):

@@ -47,6 +47,22 @@ def adds_special_tokens(processor, text: str) -> bool:
     return not (bos and text.startswith(bos))
 
 
+def encode(processor, texts: Sequence[str], arrays: Sequence[Any], *,
+           padding_side: str = "right") -> dict[str, Any]:
+    """One processor call for chat-template `texts`, each with its own image (a list per prompt:
+    a flat list is one prompt's images to SmolVLM and Gemma 3), padded on `padding_side`, BOS
+    added only when the template did not write it. Every output the processor returns is kept
+    but `labels` (PaliGemma returns some when given a suffix)."""
+    tokenizer = processor.tokenizer
+    previous, tokenizer.padding_side = tokenizer.padding_side, padding_side
+    try:
+        encoded = processor(text=list(texts), images=[[array] for array in arrays], return_tensors="pt",
+                            padding=True, add_special_tokens=adds_special_tokens(processor, texts[0]))
+    finally:
+        tokenizer.padding_side = previous
+    return {key: value for key, value in encoded.items() if key != "labels"}
+
+
 def end_tokens(tokenizer) -> list[str]:
     """The special tokens a reply can end with, longest first."""
     tokens = set(tokenizer.all_special_tokens)
