@@ -183,7 +183,7 @@ def arm_process(index: int, settings: dict, records: list[dict], data_root: str,
 
         name = ARMS[index]
         old = load_baseline() if name == "old" else None
-        images = training.load_images(records, data_root)  # decoded from the same files in both arms
+        images = training.ImageFiles(records, data_root)  # decoded from the same files in both arms
         config = BaseConfig(epochs=settings["epochs"], batch_size=settings["batch_size"], lr=settings["lr"],
                             threads=settings["threads"])
         vlm.set_threads(settings["threads"])
@@ -283,7 +283,7 @@ def main() -> int:
         # Non-padding tokens of each record as the model sees them (image tokens expanded), through
         # the baseline's unpadded encoding: what every arm must count in total.
         _, processor = vlm.build(model_texts(records), seed=0)
-        images = training.load_images(records, data_root)
+        images = training.ImageFiles(records, data_root)
         lengths = [len(ids) for ids, _ in load_baseline().encode_records(processor, records, images)]
         tokens = sum(lengths) * args.epochs
         print(f"records={len(records)} from {origin}  images={len(images)}  steps={steps}  "

@@ -5,6 +5,9 @@ By default it builds the embedded tiny LLaVA and trains it on the seed; with
 AutoProcessor / AutoModelForImageTextToText path) and saves it as iteration 0.
 """
 
+import shutil
+from pathlib import Path
+
 from mmloop import config, questions, stage
 from mmloop.io import atomic_path, write_json
 from mmloop.loop import training
@@ -17,7 +20,7 @@ MODEL_DIR = "models/iter=0"
 REPLAY_POOL = "data/iter=0/replay_pool.parquet"
 CHECKPOINTS = "models/.checkpoints/iter=0"  # a killed run resumes from here
 LIVE = "metrics/train/live/iter=0"  # DVCLive's step-level loss and learning rate
-INPUTS = (SEED, "data/images")
+INPUTS = (SEED, "data/store")
 
 
 def main() -> None:
@@ -43,6 +46,10 @@ def main() -> None:
     with atomic_path(MODEL_DIR, directory=True) as folder:
         vlm.save(model, processor, folder)
     write_samples(records, REPLAY_POOL)
+    if not stats["trained"]:  # dvc.yaml declares DVCLive's log: an empty one, no training steps
+        shutil.rmtree(LIVE, ignore_errors=True)
+        (Path(LIVE) / "plots" / "metrics").mkdir(parents=True)
+        write_json(f"{LIVE}/metrics.json", {})
     write_json("metrics/train/iter=0.json", {key: value for key, value in stats.items() if key != "losses"})
     print(f"base: {'trained on ' + str(len(records)) + ' seed samples' if stats['trained'] else stats['source']}"
           + (f", loss {stats['first_loss']:.3f} -> {stats['final_loss']:.3f} in {stats['wall_s']:.0f} s"

@@ -1,7 +1,12 @@
-"""curate: params curate.sources (COCO instances/captions, LLaVA JSON) -> data/seed/samples.parquet."""
+"""curate: params curate.sources (COCO instances/captions, LLaVA or ShareGPT JSON) -> data/seed/samples.parquet.
+
+The sources are read and checked by `mmloop.sources`; their images come from the image store
+(`data/store`, written by the `store` stage), so the samples name stored images.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from mmloop import config, stage
@@ -12,7 +17,7 @@ from mmloop.validation import validate
 
 PARAMS = ("seed", "answer_format", "curate")
 DATA_ROOT = Path("data")
-INPUTS = ("data/images",)  # the images the sources name, hashed into each sample
+INPUTS = ("data/store",)  # the stored images and their index, where each source's images are found
 
 
 def param_deps(params: config.Params) -> list[str]:
@@ -28,10 +33,15 @@ def main() -> None:
     validate(rows, "samples", source=samples_path, iteration=0, data_root=DATA_ROOT)
     write_samples(rows, samples_path)
     write_json("metrics/curate.json", stats)
+    for warning in stats["warnings"]:
+        print(f"curate: warning: {warning}", file=sys.stderr)
     families = ", ".join(f"{name} {count}" for name, count in stats["families"].items())
     formats = stats["formats"]
+    skipped = sum(sum(entry["skipped"].values()) for entry in stats["sources"].values())
+    merged = sum(entry["merged"] for entry in stats["sources"].values())
     print(f"curate: {stats['samples']} samples, {stats['turns']} turns ({families}; mcq {formats['mcq']}, "
-          f"short {formats['short']}, caption {formats['caption']}, open {formats['open']})")
+          f"short {formats['short']}, caption {formats['caption']}, open {formats['open']}); "
+          f"{skipped} records skipped, {merged} merged")
 
 
 if __name__ == "__main__":

@@ -5,26 +5,26 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mmloop import config, stage
+from mmloop import config, sources, stage
 from mmloop.io import write_json
 from mmloop.loop.elimination import eliminate, load_text_embedder
 from mmloop.models.clip import ClipScorer
-from mmloop.questions import read_objects
 from mmloop.schema import read_samples, write_samples
+from mmloop.store import read_index
 from mmloop.teachers.ipo import prompt_version_metrics
 from mmloop.validation import validate
 
-PARAMS = ("seed", "loop.seed", "eliminate", "generate.annotations", "clip.pretrained", "clip.threads")
+PARAMS = ("seed", "loop.seed", "eliminate", "pool", "clip.pretrained", "clip.threads")
 DATA_ROOT = Path("data")
 
 
 def inputs(iteration: str) -> list[str]:
-    return [f"data/iter={iteration}/generated.parquet", "data/images", "models/clip"]
+    return [f"data/iter={iteration}/generated.parquet", "data/store", "models/clip"]
 
 
 def param_deps(params: config.Params) -> list[str]:
-    """The annotations that verify generated answers."""
-    return list(params.generate.annotations)
+    """The pool's annotations, which verify generated answers."""
+    return list(params.pool.files)
 
 
 def main(argv: list[str]) -> None:
@@ -35,8 +35,11 @@ def main(argv: list[str]) -> None:
                          preload=["open_clip", "sentence_transformers", "great_expectations"])
     folder = DATA_ROOT / f"iter={iteration}"
     rows = read_samples(folder / "generated.parquet")
+    # An unlabeled pool has no annotations: nothing to re-execute answers against.
+    objects_by_sha = (sources.pool_annotations(params.pool, DATA_ROOT, read_index(DATA_ROOT))[0]
+                      if params.pool.kind == "coco" else {})
     result = eliminate(
-        rows, objects_by_sha=read_objects(params.generate.annotations), settings=params.eliminate,
+        rows, objects_by_sha=objects_by_sha, settings=params.eliminate,
         scorer=ClipScorer.selected(params.clip.pretrained, threads=params.clip.threads, root=DATA_ROOT),
         embedder=load_text_embedder(), seed=config.stage_seed(params.seed, "eliminate", iteration, params.loop.seed))
 

@@ -18,7 +18,7 @@ PARAMS = ("seed", "loop.seed", "train", "compute")
 
 def inputs(iteration: str, prev: str) -> list[str]:
     return [f"models/iter={prev}", f"data/iter={prev}/replay_pool.parquet", f"data/iter={iteration}/kept.parquet",
-            "data/images"]
+            "data/store"]
 
 
 def main(argv: list[str]) -> None:

@@ -180,6 +180,26 @@ def test_the_training_mask_is_exactly_the_replies_and_their_end_tokens(models, n
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_a_later_epoch_batch_is_the_full_processor_batch(models, name):
+    _, model, processor = models(name)
+    examples = training.encode(processor, records(4))
+    collate = training.Collator(processor, image_store(),
+                                reply_token_types=architectures.architecture(model).reply_token_types)
+    first = collate(examples[:2])
+    collate(examples[2:])
+    checked = collate(examples[:2])  # the first batch from kept rows, checked against the full call
+    later = collate(examples[2:] + examples[:1])  # from kept rows and the image processor alone
+    full = training.Collator(processor, image_store(),
+                             reply_token_types=architectures.architecture(model).reply_token_types)(
+        examples[2:] + examples[:1])
+    assert collate.checked, f"{name}: the kept token sides did not reproduce the processor's batch"
+    for batch, expected in ((checked, first), (later, full)):
+        assert batch.keys() == expected.keys()
+        for key, value in expected.items():
+            assert (value == batch[key]) if key == "sample_ids" else torch.equal(value, batch[key]), key
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_one_lora_round_changes_the_scores_and_reloads_through_the_auto_classes(models, name, tmp_path):
     folder, _, _ = models(name)
     model, processor = vlm.load(folder, trainable=True)

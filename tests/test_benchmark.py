@@ -1,6 +1,9 @@
-"""The bench stage's MMBench TSV: items from held-out scenes, the round trip, and its errors."""
+"""The bench stage: the world's MMBench TSV (items from held-out scenes, the round trip, its errors),
+a user's benchmark checked at the door, and the manifest that names the loop's benchmark."""
 
 import base64
+import io
+import json
 import runpy
 from collections import Counter
 from pathlib import Path
@@ -9,9 +12,11 @@ import pytest
 import yaml
 
 from mmloop import config
+from mmloop.eval import manifest
 from mmloop.eval.benchmarks import mmbench
 from mmloop.io import read_json, sha256_bytes
 from mmloop.questions import FAMILIES, L2_CATEGORY
+from mmloop.schema import bench_item
 from mmloop.world import benchmark
 from mmloop.world import scenes as world
 
@@ -160,3 +165,154 @@ def test_bench_stage(tmp_path, monkeypatch, capsys):
     items = mmbench.read_mmbench(tmp_path / "data" / "bench" / "bench.tsv")
     assert Counter(item["category"] for item in items) == {family: 6 for family in FAMILIES}
     assert "36 items" in capsys.readouterr().out
+    # The manifest names the world's TSV, and the evaluate and sample stages load exactly its items.
+    assert read_json(tmp_path / "data" / "bench" / "bench.json") == {
+        "format": "mmbench", "file": "data/bench/bench.tsv", "image_dir": None, "items": 36,
+        "categories": {family: 6 for family in sorted(FAMILIES)}}
+    loaded, kind = manifest.loop_benchmark("data/bench/bench.json")
+    assert kind == "mmbench" and loaded == items
+
+
+# ---------------------------------------------------------------- a user's benchmark (params bench.source)
+
+def _png(colour, size=(8, 8)):
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _user_mmbench(path):
+    """An MMBench TSV of 3 items on 2 PIL-made images, categories ocr (2) and colour (1)."""
+    red, blue = _png((255, 0, 0)), _png((0, 0, 255))
+    rows = [benchmark.mmbench_row(index, question, ["red", "blue"], answer, category,
+                                  base64.b64encode(image).decode())
+            for index, (question, answer, category, image) in enumerate([
+                ("What colour is it?", "red", "colour", red), ("Which word is written?", "blue", "ocr", blue),
+                ("Which word is written here?", "red", "ocr", red)])]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mmbench.write_mmbench(rows, path)
+    return red, blue
+
+
+def _user_pope(folder, name="pope_random.jsonl", records=None):
+    """A POPE JSONL of 4 yes/no questions about 2 image files beside it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "a.png").write_bytes(_png((255, 0, 0)))
+    (folder / "b.png").write_bytes(_png((0, 255, 0)))
+    records = records if records is not None else [
+        {"question_id": 1, "image": "a.png", "text": "Is there a circle in the image?", "label": "yes"},
+        {"question_id": 2, "image": "a.png", "text": "Is there a dog in the image?", "label": "no"},
+        {"question_id": 3, "image": "b.png", "text": "Is there a square in the image?", "label": "yes"},
+        {"question_id": 4, "image": "b.png", "text": "Is there a cat in the image?", "label": "no"}]
+    path = folder / name
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+def _run_bench_stage(root, monkeypatch, **bench):
+    """The bench stage in `root` (no world built there) with params bench.* overridden."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["bench"].update(bench)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(root)
+    runpy.run_path(str(REPO / "stages" / "bench.py"), run_name="__main__")
+    return read_json(root / "data" / "bench" / "bench.json")
+
+
+def test_bench_stage_names_a_user_mmbench_tsv(tmp_path, monkeypatch, capsys):
+    red, blue = _user_mmbench(tmp_path / "mine" / "bench.tsv")
+    written = _run_bench_stage(tmp_path, monkeypatch, source="mine/bench.tsv")
+    assert written == {"format": "mmbench", "file": "mine/bench.tsv", "image_dir": None, "items": 3,
+                       "categories": {"colour": 1, "ocr": 2}}
+    assert not (tmp_path / "data" / "bench" / "bench.tsv").exists()  # the world's benchmark is not made
+    assert "3 mmbench items in mine/bench.tsv" in capsys.readouterr().out
+    items, kind = manifest.loop_benchmark(tmp_path / "data" / "bench" / "bench.json")
+    assert kind == "mmbench"
+    assert [item["category"] for item in items] == ["colour", "ocr", "ocr"]
+    assert [item["image_sha256"] for item in items] == [sha256_bytes(red), sha256_bytes(blue), sha256_bytes(red)]
+
+
+def test_bench_stage_names_a_user_pope_jsonl(tmp_path, monkeypatch):
+    _user_pope(tmp_path / "pope")
+    written = _run_bench_stage(tmp_path, monkeypatch, source="pope/pope_random.jsonl")
+    assert written == {"format": "pope", "file": "pope/pope_random.jsonl", "image_dir": None, "items": 4,
+                       "categories": {"random": 4}}
+    items, kind = manifest.loop_benchmark("data/bench/bench.json")
+    assert kind == "pope"
+    assert [(item["answer_type"], item["answer"]) for item in items] == [
+        ("yes_no", "yes"), ("yes_no", "no"), ("yes_no", "yes"), ("yes_no", "no")]
+    assert items[2]["image"] == (tmp_path / "pope" / "b.png").read_bytes()
+
+
+def test_bench_stage_takes_the_format_and_image_dir_from_params(tmp_path, monkeypatch):
+    """A POPE file under a name nothing can be guessed from, its images in another folder."""
+    _user_pope(tmp_path / "images")
+    (tmp_path / "images" / "pope_random.jsonl").rename(tmp_path / "questions.txt")
+    written = _run_bench_stage(tmp_path, monkeypatch, source="questions.txt", format="pope", image_dir="images")
+    assert (written["format"], written["file"], written["image_dir"]) == ("pope", "questions.txt", "images")
+    items, kind = manifest.loop_benchmark("data/bench/bench.json")
+    assert kind == "pope" and len(items) == 4 and items[0]["image"] == (tmp_path / "images" / "a.png").read_bytes()
+
+
+@pytest.mark.parametrize("bench, message", [
+    ({"source": "nope.tsv"}, r"bench\.source \(nope\.tsv\) cannot be used: nope\.tsv: benchmark file not found"),
+    ({"source": "pope/pope_random.jsonl", "format": "pope2"}, r"params bench\.format: unknown benchmark format"),
+    ({"source": "pope/pope_random.jsonl", "image_dir": "elsewhere"},
+     r"pope_random\.jsonl: line 1 \(question_id '1'\): field 'image': image file .*elsewhere/a\.png' not found"),
+    ({"source": "empty.tsv"}, r"empty\.tsv: the benchmark has no items"),
+    ({"source": "pope/broken_random.jsonl"}, r"broken_random\.jsonl: item '1': field 'image' is not a readable image"),
+])
+def test_bench_stage_refuses_a_user_file_the_loop_cannot_use(tmp_path, monkeypatch, bench, message):
+    _user_pope(tmp_path / "pope")
+    (tmp_path / "pope" / "broken.png").write_bytes(b"not an image")
+    _user_pope(tmp_path / "pope", "broken_random.jsonl",
+               [{"question_id": 1, "image": "broken.png", "text": "Is there a cat?", "label": "no"}])
+    (tmp_path / "empty.tsv").write_text("\t".join(mmbench.COLUMNS) + "\n")
+    with pytest.raises(SystemExit, match=message):
+        _run_bench_stage(tmp_path, monkeypatch, **bench)
+    assert not (tmp_path / "data" / "bench" / "bench.json").exists()
+
+
+def test_every_item_of_the_loops_benchmark_needs_a_category():
+    item = bench_item(index="7", question="Is it red?", answer_type="yes_no", answer="yes", category=" ",
+                      image=_png((255, 0, 0)), image_sha256="s")
+    with pytest.raises(ValueError, match=r"mine\.jsonl: item '7': field 'category' is missing"):
+        manifest.check_items([item], "mine.jsonl")
+    manifest.check_items([{**item, "category": "colour"}], "mine.jsonl")
+    with pytest.raises(ValueError, match=r"mine\.jsonl: benchmark item '7': field 'answer'"):
+        manifest.check_items([{**item, "category": "colour", "answer": "maybe"}], "mine.jsonl")
+
+
+def test_a_benchmark_file_changed_after_the_bench_stage_is_refused(tmp_path):
+    path = _user_pope(tmp_path)
+    items, _ = manifest.load_source(path)
+    manifest.write_manifest(tmp_path / "bench.json", items, format="pope", file=path)
+    assert len(manifest.loop_benchmark(tmp_path / "bench.json")[0]) == 4
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+    with pytest.raises(ValueError, match=r"1 items .* says 4 .*rerun the bench stage"):
+        manifest.loop_benchmark(tmp_path / "bench.json")
+    (tmp_path / "bench.json").write_text(json.dumps({"format": "pope", "file": str(path)}))
+    with pytest.raises(ValueError, match=r"bench\.json: benchmark manifest lacks field\(s\) 'image_dir', 'items'"):
+        manifest.loop_benchmark(tmp_path / "bench.json")
+    with pytest.raises(FileNotFoundError, match=r"nope\.json: benchmark manifest not found; the bench stage writes it"):
+        manifest.loop_benchmark(tmp_path / "nope.json")
+
+
+def test_manifest_paths_are_relative_to_root(tmp_path):
+    _user_pope(tmp_path / "pope")
+    items, kind = manifest.load_source(tmp_path / "pope" / "pope_random.jsonl")
+    manifest.write_manifest(tmp_path / "bench.json", items, format=kind, file="pope/pope_random.jsonl")
+    assert manifest.loop_benchmark(tmp_path / "bench.json", root=tmp_path) == (items, "pope")
+
+
+def test_a_stage_names_an_invalid_seed_and_its_value(tmp_path, monkeypatch):
+    """`seed: zero`: params are parsed (strictly) before any stage reads a value."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["seed"] = "zero"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"params\.yaml: 1 invalid parameter\(s\):\n  seed: Input should be a valid "
+                                         r"integer \(got 'zero'\)"):
+        runpy.run_path(str(REPO / "stages" / "bench.py"), run_name="__main__")

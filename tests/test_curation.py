@@ -4,10 +4,12 @@ import runpy
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from mmloop import config, questions, schema
-from mmloop.io import sha256_file
+from mmloop import config, questions, schema, sources
+from mmloop.io import sha256_bytes, sha256_file
 from mmloop.loop import curation
+from mmloop.store import ImageStore, MissingImage, read_index
 from mmloop.validation import ValidationError, validate
 from mmloop.world import scenes as world
 
@@ -16,10 +18,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def coco_world(folder: Path, images: int, seed: int = 1):
-    """COCO instances/captions of `images` procedural scenes (hashes given, nothing rendered)."""
-    world_config = world.WorldConfig(splits={"seed": images})
+    """COCO instances/captions of `images` procedural scenes, rendered under `folder` (the data root)."""
+    world_config = world.WorldConfig(splits={"seed": images, "pool": 0, "bench": 0})
     scenes = world.generate(world_config, seed)["seed"]
-    shas = [f"{index:064x}" for index in range(len(scenes))]
+    shas = []
+    for scene in scenes:
+        data = world.render(scene, world_config)
+        shas.append(sha256_bytes(data))
+        (folder / world.image_path(shas[-1])).parent.mkdir(parents=True, exist_ok=True)
+        (folder / world.image_path(shas[-1])).write_bytes(data)
     instances, captions = world.coco_files("seed", scenes, shas, world_config)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "instances.json").write_text(json.dumps(instances))
@@ -28,14 +35,27 @@ def coco_world(folder: Path, images: int, seed: int = 1):
 
 
 def params(sources, **settings):
-    section = {"sources": sources, "turns_per_image": 6, "mcq_ratio": 0.75, "family_weights": dict(WEIGHTS)}
+    # caption_turns 2: the world's two captions per image, both used
+    section = {"sources": sources, "turns_per_image": 6, "caption_turns": 2, "mcq_ratio": 0.75,
+               "family_weights": dict(WEIGHTS)}
     section.update(settings)
     return {"seed": 0, "answer_format": "letter", "curate": section}  # letter replies: the checks read them
 
 
-def curate(settings, data_root):
-    """The curate stage's call: typed params, the stage's seed."""
+def build_store(parsed: config.Params, data_root) -> None:
+    """What the store stage does: import every image the curate sources name into data_root/store."""
+    store = ImageStore(Path(data_root) / "store", prefix="store")
+    for source in parsed.curate.sources:
+        for ref in sources.image_references(source, data_root):
+            store.add(ref.path, ref.where)
+    store.write_index()
+
+
+def curate(settings, data_root, store=True):
+    """The store stage (unless `store` is False), then the curate stage's call: typed params, the stage's seed."""
     parsed = config.parse(settings)
+    if store:
+        build_store(parsed, data_root)
     return curation.curate(parsed.curate, answer_format=parsed.answer_format,
                            seed=config.stage_seed(parsed.seed, "curate"), data_root=data_root)
 
@@ -62,7 +82,7 @@ def test_family_mix_follows_the_weights(curated):
     assert stats["samples"] == 300
     families = [record["program"]["family"] for row in rows for record in curation.turn_records(row)
                 if record["program"]]
-    assert len(families) == 300 * 5  # six turns per image, one of them the caption
+    assert len(families) == 300 * 4  # six turns per image, two of them the image's two captions
     share = {family: families.count(family) / len(families) for family in questions.FAMILIES}
     for family, weight in WEIGHTS.items():
         assert share[family] == pytest.approx(weight, abs=0.01), (family, share)
@@ -83,27 +103,35 @@ def test_weights_change_the_mix(tmp_path):
 
 
 def test_turns_formats_and_captions(curated):
-    rows, stats, _, captions_dict = curated
-    sentences = {curation.sentence(row["caption"]) for row in captions_dict["annotations"]}
+    rows, stats, instances_dict, captions_dict = curated
+    sha_of = {image["id"]: image["sha256"] for image in instances_dict["images"]}
+    sentences: dict[str, set[str]] = {}
+    for caption in captions_dict["annotations"]:
+        sentences.setdefault(sha_of[caption["image_id"]], set()).add(curation.sentence(caption["caption"]))
     mcq = short = 0
     for row in rows:
+        assert row["image"] == f"store/{row['image_sha256'][:2]}/{row['image_sha256']}.png"
         assert row["origin"] == "seed" and row["iteration"] == 0
         assert row["format"] == "conversation" and row["category"] == schema.MIXED_CATEGORY
         roles = [turn["role"] for turn in row["conversations"]]
         assert roles == ["user", "assistant"] * 6
         records = curation.turn_records(row)
         assert [record["turn"] for record in records] == list(range(6))
-        assert [record["format"] for record in records].count("caption") == 1
+        assert [record["format"] for record in records].count("caption") == 2
         user_turns = [turn["content"] for turn in row["conversations"][::2]]
         assert len(set(user_turns)) == len(user_turns), "a question is repeated on one image"
+        captions = set()
         for record, (user, assistant) in zip(records, zip(row["conversations"][::2], row["conversations"][1::2])):
             if record["format"] == "caption":
-                assert user["content"] == questions.CAPTION_QUESTION
-                assert assistant["content"] in sentences and assistant["content"].endswith(".")
+                assert user["content"] in curation.CAPTION_PROMPTS[:2]
+                assert assistant["content"].endswith(".")
+                captions.add(assistant["content"])
             mcq += record["format"] == "mcq"
             short += record["format"] == "short"
+        assert captions == sentences[row["image_sha256"]]  # every caption of the image, once each
     assert mcq / (mcq + short) == pytest.approx(0.75, abs=0.04)
-    assert stats["formats"] == {"mcq": mcq, "short": short, "caption": 300, "open": 0}
+    assert stats["formats"] == {"mcq": mcq, "short": short, "caption": 600, "open": 0}
+    assert stats["warnings"] == []
     assert stats["turns"] == 1800
 
 
@@ -130,7 +158,7 @@ def test_answers_re_execute(curated):
                 assert assistant["content"] == questions.statement(record["program"], answer)
                 assert assistant["content"].endswith(".") and len(assistant["content"].split()) > 2
             checked += 1
-    assert checked == 1500
+    assert checked == 1200
 
 
 def test_deterministic_ids(tmp_path):
@@ -147,31 +175,50 @@ def test_deterministic_ids(tmp_path):
 
 
 def test_families_that_cannot_be_asked_are_redrawn(tmp_path):
-    """Plain COCO (no attributes): colour, shape and size can't be asked; the turns still fill up."""
+    """Plain COCO (no attributes, no sha256): colour, shape and size can't be asked; the turns still
+    fill up, and the metrics warn that the weights ask for them."""
     instances, _, instances_dict, _ = coco_world(tmp_path, 30)
     for ann in instances_dict["annotations"]:
         del ann["attributes"]
     for image in instances_dict["images"]:
         del image["sha256"]
-        payload = f"image {image['id']}".encode()
-        (tmp_path / image["file_name"]).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / image["file_name"]).write_bytes(payload)
     instances.write_text(json.dumps(instances_dict))
     rows, stats = curate(params([coco_source(instances)]), data_root=tmp_path)
     assert stats["samples"] == 30 and stats["turns"] == 180
     assert stats["families"]["colour"] == stats["families"]["shape"] == stats["families"]["size"] == 0
     assert stats["families"]["existence"] > 0
+    assert [warning.split(" ")[2] for warning in stats["warnings"]] == ["colour", "shape", "size"]
+    assert "need the per-object attribute 'colour'" in stats["warnings"][0]
     row = rows[0]
-    assert row["image"] == instances_dict["images"][0]["file_name"]
-    assert row["image_sha256"] == sha256_file(tmp_path / row["image"])  # computed from the file
+    stored = read_index(tmp_path).lookup(tmp_path / instances_dict["images"][0]["file_name"], "")
+    assert row["image"] == stored.path and row["image"].startswith("store/")
+    assert row["image_sha256"] == stored.sha256 == sha256_file(tmp_path / row["image"])
 
 
-def test_missing_image_file_without_sha(tmp_path):
+def test_image_not_in_the_store(tmp_path):
     instances, _, instances_dict, _ = coco_world(tmp_path, 3)
-    del instances_dict["images"][1]["sha256"]
-    instances.write_text(json.dumps(instances_dict))
-    with pytest.raises(FileNotFoundError, match=r"instances\.json: images\[1\] \(id 2\): field 'image'"):
-        curate(params([coco_source(instances)]), data_root=tmp_path)
+    settings = params([coco_source(instances)])
+    curate(settings, data_root=tmp_path)  # stores the three images
+    extra = dict(instances_dict["images"][0], id=4, file_name="images/new.png")
+    (tmp_path / "images" / "new.png").write_bytes((tmp_path / instances_dict["images"][0]["file_name"]).read_bytes())
+    instances.write_text(json.dumps({**instances_dict, "images": [*instances_dict["images"], extra]}))
+    with pytest.raises(MissingImage, match=r"instances\.json: images\[3\] \(id 4\): field 'file_name': \S+new\.png "
+                                           r"is not in the image store .*run the store stage"):
+        curate(settings, data_root=tmp_path, store=False)
+
+
+def test_caption_turns_bounds_the_caption_turns_per_image(tmp_path):
+    instances, captions, _, captions_dict = coco_world(tmp_path, 20)
+    rows, stats = curate(params([coco_source(instances, captions)], caption_turns=1), data_root=tmp_path)
+    by_image: dict[int, set[str]] = {}
+    for caption in captions_dict["annotations"]:
+        by_image.setdefault(caption["image_id"], set()).add(curation.sentence(caption["caption"]))
+    every = set().union(*by_image.values())
+    for row in rows:
+        answers = [answer["content"] for question, answer in zip(row["conversations"][::2], row["conversations"][1::2])
+                   if question["content"] in curation.CAPTION_PROMPTS]
+        assert len(answers) == 1 and answers[0] in every  # one of the image's two captions
+    assert stats["formats"]["caption"] == 20 and stats["turns"] == 120
 
 
 def test_caption_for_unknown_image(tmp_path):
@@ -179,8 +226,23 @@ def test_caption_for_unknown_image(tmp_path):
     del captions_dict["images"]
     captions_dict["annotations"][4]["image_id"] = 99
     captions.write_text(json.dumps(captions_dict))
-    with pytest.raises(ValueError, match=r"captions\.json: annotations\[4\] .*image_id 99"):
+    with pytest.raises(ValueError, match=r"captions\.json: annotations\[4\] \(id 5\): field 'image_id' 99 matches "
+                                         r"no image of the instances file \(by id\)$"):
         curate(params([coco_source(instances, captions)]), data_root=tmp_path)
+
+
+def test_the_world_captions_match_through_their_images(tmp_path):
+    """The world's captions file lists its images: captions are matched by sha256 / file_name, not id."""
+    instances, captions, _, captions_dict = coco_world(tmp_path, 3)
+    for image in captions_dict["images"]:
+        image["id"] += 100
+    for row in captions_dict["annotations"]:
+        row["image_id"] += 100
+    captions.write_text(json.dumps(captions_dict))
+    rows, stats = curate(params([coco_source(instances, captions)]), data_root=tmp_path)
+    assert stats["formats"]["caption"] == 6
+    assert json.loads(rows[2]["provenance"]["source"]) == {"files": [str(instances), str(captions)], "ids": [3],
+                                                          "records": [2]}
 
 
 # ---------------------------------------------------------------- LLaVA JSON
@@ -189,10 +251,8 @@ def llava_setup(tmp_path, records):
     data_root = tmp_path / "data"
     folder = data_root / "llava"
     folder.mkdir(parents=True)
-    (folder / "a.png").write_bytes(b"image a")
-    outside = tmp_path / "elsewhere"
-    outside.mkdir()
-    (outside / "b.png").write_bytes(b"image b")
+    Image.new("RGB", (32, 32), (200, 0, 0)).save(folder / "a.png")
+    Image.new("RGB", (32, 32), (0, 0, 200)).save(folder / "b.png")
     path = tmp_path / "llava.json"
     path.write_text(json.dumps(records))
     return data_root, {"kind": "llava", "path": str(path), "image_folder": str(folder)}
@@ -202,7 +262,7 @@ GOOD = [
     {"id": "r0", "image": "a.png", "conversations": [
         {"from": "human", "value": "<image>\nWhat is shown?"}, {"from": "gpt", "value": "A shape."},
         {"from": "human", "value": "Which colour?"}, {"from": "gpt", "value": "It is red."}]},
-    {"id": "r1", "image": "../../elsewhere/b.png", "conversations": [
+    {"id": "r1", "image": "b.png", "conversations": [
         {"from": "human", "value": "Describe it. <image>"}, {"from": "gpt", "value": "A blue square."}]},
 ]
 
@@ -211,17 +271,21 @@ def test_llava_records(tmp_path):
     data_root, source = llava_setup(tmp_path, GOOD)
     rows, stats = curate(params([source]), data_root=data_root)
     first, second = rows
-    assert first["image"] == "llava/a.png"
+    index = read_index(data_root)
+    assert first["image"] == index.lookup(data_root / "llava" / "a.png", "").path
     assert first["image_sha256"] == sha256_file(data_root / "llava" / "a.png")
+    assert first["image_sha256"] == sha256_file(data_root / first["image"])
     assert first["conversations"] == [
         {"role": "user", "content": "What is shown?"}, {"role": "assistant", "content": "A shape."},
         {"role": "user", "content": "Which colour?"}, {"role": "assistant", "content": "It is red."}]
-    assert second["image"] == str((tmp_path / "elsewhere" / "b.png").resolve())
+    assert second["image"] == index.lookup(data_root / "llava" / "b.png", "").path
     assert second["conversations"][0]["content"] == "Describe it."
     assert first["origin"] == "seed" and first["provenance"]["backend"] == "llava"
-    assert first["provenance"]["source"] == source["path"]
+    assert json.loads(first["provenance"]["source"]) == {"files": [source["path"]], "ids": ["r0"], "records": [0]}
     assert stats["turns"] == 3 and stats["formats"]["open"] == 3
-    assert stats["sources"][source["path"]] == {"kind": "llava", "samples": 2, "turns": 3, "duplicates": 0}
+    assert stats["sources"][source["path"]] == {"kind": "llava", "records": 2, "images": 2, "samples": 2, "turns": 3,
+                                                "duplicates": 0, "merged": 0, "skipped": {}}
+    assert stats["warnings"] == []
     validate(rows, "samples", source="seed", iteration=0, data_root=data_root)
 
 
@@ -232,17 +296,20 @@ def _broken(change):
 
 
 @pytest.mark.parametrize(("change", "error", "message"), [
-    (lambda r: r.update(image="missing.png"), FileNotFoundError, r"field 'image' 'missing\.png'.*not found"),
+    (lambda r: r.update(image="missing.png"), FileNotFoundError,
+     r"field 'image': \S+missing\.png: image file not found"),
+    (lambda r: r.update(image="../../elsewhere/b.png"), ValueError,
+     r"field 'image': '\.\./\.\./elsewhere/b\.png' resolves to \S+, outside"),
     (lambda r: r.pop("image"), ValueError, r"field 'image' must be a non-empty path"),
     (lambda r: r["conversations"][1].update({"from": "bot"}), ValueError,
-     r"conversations\[1\]: field 'from' must be one of human, gpt, system, got 'bot'"),
+     r"field 'conversations\[1\]': field 'from' must be one of human, user, gpt, assistant, system, got 'bot'"),
     (lambda r: r.update(conversations=[]), ValueError, r"field 'conversations' must be a non-empty list"),
     (lambda r: r["conversations"][0].update(value=None), ValueError,
-     r"conversations\[0\]: field 'value' must be a string"),
+     r"field 'conversations\[0\]': field 'value' must be a string, got null"),
     (lambda r: r["conversations"][0].update(value="<image>\n"), ValueError,
-     r"conversations\[0\]: field 'value' is empty"),
-    (lambda r: r["conversations"].reverse(), ValueError, r"must alternate human/gpt"),
-    (lambda r: r["conversations"].pop(), ValueError, r"needs a human turn and a gpt answer"),
+     r"field 'conversations\[0\]': field 'value' has no visible text"),
+    (lambda r: r["conversations"].reverse(), ValueError, r"turns alternate user/assistant"),
+    (lambda r: r["conversations"].pop(), ValueError, r"field 'conversations' ends on a user turn"),
 ])
 def test_llava_errors_name_file_record_and_field(tmp_path, change, error, message):
     data_root, source = llava_setup(tmp_path, _broken(change))
@@ -255,15 +322,18 @@ def test_llava_errors_name_file_record_and_field(tmp_path, change, error, messag
 
 def test_llava_file_not_a_list(tmp_path):
     data_root, source = llava_setup(tmp_path, {"id": "x"})
-    with pytest.raises(ValueError, match=r"llava\.json: LLaVA JSON must be a list"):
+    with pytest.raises(ValueError, match=r"llava\.json: expected a list of records, got object$"):
         curate(params([source]), data_root=data_root)
 
 
 # ---------------------------------------------------------------- params
 
 @pytest.mark.parametrize(("settings", "message"), [
+    ({"sources": [{"kind": "parquet", "path": "x.json"}]},
+     r"curate\.sources\.0: Input tag 'parquet' .* expected tags: 'coco', 'llava', 'sharegpt'"),
     ({"sources": [{"kind": "sharegpt", "path": "x.json"}]},
-     r"curate\.sources\.0: Input tag 'sharegpt' .* expected tags: 'coco', 'llava'"),
+     r"curate\.sources\.0\.sharegpt\.image_folder: Field required"),
+    ({"unusable": "drop"}, r"curate\.unusable: Input should be 'error' or 'skip'"),
     ({"sources": [{"kind": "coco"}]}, r"curate\.sources\.0\.coco\.instances: Field required"),
     ({"sources": [{"kind": "llava", "path": "x.json"}]}, r"curate\.sources\.0\.llava\.image_folder: Field required"),
     ({"sources": []}, r"curate\.sources: List should have at least 1 item"),
@@ -288,9 +358,11 @@ def test_params_errors(settings, message):
 @pytest.fixture()
 def rendered(tmp_path, monkeypatch):
     """A real (small) world under tmp_path/data, params.yaml pointing at it, cwd = tmp_path."""
-    world.build(world.WorldConfig(splits={"seed": 12}), 5, tmp_path / "data" / "images", tmp_path / "data" / "world")
+    world.build(world.WorldConfig(splits={"seed": 12, "pool": 0, "bench": 0}), 5, tmp_path / "data" / "images",
+                tmp_path / "data" / "world")
     monkeypatch.chdir(tmp_path)
     settings = params([coco_source("data/world/instances_seed.json", "data/world/captions_seed.json")])
+    build_store(config.parse(settings), "data")
     import yaml
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(settings))
@@ -298,7 +370,7 @@ def rendered(tmp_path, monkeypatch):
 
 
 def test_validation_passes_and_catches_a_bad_hash(rendered):
-    rows, _ = curate(rendered, data_root="data")
+    rows, _ = curate(rendered, data_root="data", store=False)
     assert len(rows) == 12
     validate(rows, "samples", source="data/seed/samples.parquet", iteration=0, data_root="data")
     rows[3]["image_sha256"] = "0" * 64
@@ -310,9 +382,22 @@ def test_stage_writes_samples_and_metrics(rendered, capsys):
     runpy.run_path(str(REPO / "stages" / "curate.py"), run_name="__main__")
     rows = schema.read_samples("data/seed/samples.parquet")
     assert len(rows) == 12 and all(len(row["conversations"]) == 12 for row in rows)
+    assert all(row["image"].startswith("store/") for row in rows)
     stats = json.loads(Path("metrics/curate.json").read_text())
     assert stats["samples"] == 12 and stats["turns"] == 72
-    assert stats["formats"]["caption"] == 12
-    assert sum(stats["families"].values()) == 60
+    assert stats["formats"]["caption"] == 24
+    assert sum(stats["families"].values()) == 48
     assert stats["sources"]["data/world/instances_seed.json"]["samples"] == 12
-    assert capsys.readouterr().out.startswith("curate: 12 samples, 72 turns")
+    assert stats["warnings"] == []
+    out = capsys.readouterr().out
+    assert out.startswith("curate: 12 samples, 72 turns") and out.rstrip().endswith("0 records skipped, 0 merged")
+
+
+def test_stage_publishes_nothing_on_bad_input(rendered):
+    instances = json.loads(Path("data/world/instances_seed.json").read_text())
+    instances["annotations"][5]["bbox"] = [60, 60, 14, 14]
+    Path("data/world/instances_seed.json").write_text(json.dumps(instances))
+    with pytest.raises(ValueError, match=r"^data/world/instances_seed\.json: annotations\[5\] \(id 6\): field 'bbox' "
+                                         r"\[60, 60, 14, 14\] lies outside the image"):
+        runpy.run_path(str(REPO / "stages" / "curate.py"), run_name="__main__")
+    assert not Path("data/seed/samples.parquet").exists() and not Path("metrics/curate.json").exists()

@@ -18,6 +18,7 @@ from mmloop.eval import evaluation, metrics, prompts, scoring
 from mmloop.eval.benchmarks import BENCHMARKS, lookup
 from mmloop.eval.benchmarks.mmbench import read_mmbench, write_mmbench
 from mmloop.eval.items import candidates, circular_copies, normalise_item
+from mmloop.eval.manifest import load_source, write_manifest
 from mmloop.models import chat, vlm
 from mmloop.world import benchmark
 from mmloop.world import scenes as world
@@ -39,6 +40,8 @@ def setup(tmp_path_factory):
                                 data_root=root / "data")
     made[0]["hint"] = "Look closely."
     write_mmbench(made, root / "data" / "bench" / "bench.tsv")
+    # The manifest the bench stage writes for the world's benchmark, paths relative to `root`.
+    write_manifest(root / "data" / "bench" / "bench.json", made, format="mmbench", file="data/bench/bench.tsv")
     items = read_mmbench(root / "data" / "bench" / "bench.tsv")
     texts = [f"{item['question']} {' '.join(item['options'])}" for item in items]
     # The yes/no replies, the harness suffix and the generic instructions are words the model knows.
@@ -233,6 +236,8 @@ def test_evaluate_stage_and_the_cli_give_the_same_numbers(setup, monkeypatch, ca
     assert result["multi_round"]["exact_match"]["n"] == len(later)
     assert result["multi_round"]["single_round_same_items"]["n"] == len(later)
     assert result["convention"]["mcq_suffix"] == questions.MCQ_SUFFIX
+    assert result["convention"]["name"] == "mmbench"  # the world's manifest: MMBench's convention
+    assert {case["provenance"]["source"].split("#")[0] for case in cases} == {"bench.tsv"}
     history = collect(root / "metrics" / "eval")
     assert history[0]["iteration"] == 2 and history[0]["overall"] == result["overall"]
 
@@ -246,6 +251,51 @@ def test_evaluate_stage_and_the_cli_give_the_same_numbers(setup, monkeypatch, ca
     assert "circular" in table and "1-round" in table
     assert json.loads((out / "metrics.json").read_text()) == result
     assert started == ["evaluate@2"]
+
+
+def test_evaluate_stage_on_a_pope_manifest_scores_yes_no_with_popes_convention(setup, tmp_path, monkeypatch,
+                                                                                capsys):
+    """params bench.source a POPE JSONL: the stage loads what the manifest names, in its format, so
+    POPE's prompt convention and its metric block apply, and the bad cases name the file."""
+    import numpy as np
+    from PIL import Image
+
+    from mmloop import stage
+
+    monkeypatch.setattr(stage, "_record_startup", lambda name, seconds: None)
+    _, _, model, processor = setup
+    vlm.save(model, processor, tmp_path / "models" / "iter=1")
+    folder = tmp_path / "user"
+    folder.mkdir()
+    for name, colour in (("a.png", (255, 0, 0)), ("b.png", (0, 0, 255))):
+        Image.fromarray(np.full((64, 64, 3), colour, dtype=np.uint8)).save(folder / name)
+    records = [{"question_id": n, "image": image, "text": text, "label": label} for n, (image, text, label) in
+               enumerate([("a.png", "Is there a red circle?", "yes"), ("a.png", "Is there a blue square?", "no"),
+                          ("b.png", "Is there a blue square?", "yes"), ("b.png", "Is there a red circle?", "no")])]
+    (folder / "pope_adversarial.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    items, kind = load_source(folder / "pope_adversarial.jsonl")
+    write_manifest(tmp_path / "data" / "bench" / "bench.json", items, format=kind,
+                   file="user/pope_adversarial.jsonl")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["evaluate"].update(batch_size=4, threads=1)
+    params["bench"].update(source="user/pope_adversarial.jsonl")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["stages/evaluate.py", "1"])
+    runpy.run_path(str(REPO / "stages" / "evaluate.py"), run_name="__main__")
+    capsys.readouterr()
+    result = json.loads((tmp_path / "metrics" / "eval" / "iter=1.json").read_text())
+    assert kind == "pope" and result["convention"]["name"] == "pope"
+    assert result["n"] == 4 and set(result["categories"]) == {"adversarial"}
+    assert result["pope"]["overall"]["n"] == 4 and "f1" in result["pope"]["overall"]
+    predictions = read_samples(tmp_path / "data" / "iter=1" / "eval" / "predictions.parquet")
+    assert {row["answer_type"] for row in predictions} == {"yes_no"}
+    assert {row["prediction"] for row in predictions} <= {"yes", "no"}
+    assert all(row["prompt"].endswith(prompts.SHORT_SUFFIX) for row in predictions)
+    cases = read_samples(tmp_path / "data" / "iter=1" / "eval" / "badcases.parquet")
+    assert len(cases) == sum(not row["correct"] for row in predictions) == result["badcases"]
+    assert all(case["image"] is None and case["provenance"]["source"].startswith("pope_adversarial.jsonl#")
+               for case in cases)
 
 
 def test_cli_refuses_to_publish_invalid_output(setup, tmp_path, capsys):

@@ -14,6 +14,7 @@ import yaml
 
 from mmloop import config, questions, schema
 from mmloop.loop import elimination, generation
+from mmloop.store import ImageStore
 from mmloop.teachers import annotations
 from mmloop.validation import validate
 from openai_server import FaultConfig, OpenAIServer
@@ -24,6 +25,17 @@ FAMILIES = ("colour", "shape", "size", "existence", "count", "spatial")
 SHAPES = {1: "circle", 2: "square", 3: "triangle"}
 
 
+def png(seed: int) -> bytes:
+    """A 64x64 RGB PNG of its own colour."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (seed * 40 % 256, 80, 160)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def world(tmp_path, images=6):
     """A small COCO instances file and stored images: objects on a 4x4 grid of 16-px cells."""
     coco = {"images": [], "annotations": [], "categories": [
@@ -31,7 +43,7 @@ def world(tmp_path, images=6):
     colours = ["red", "green", "blue", "yellow", "purple", "orange"]
     annotation_id = 0
     for image_id in range(images):
-        payload = f"png-{image_id}".encode()
+        payload = png(image_id)
         sha = hashlib.sha256(payload).hexdigest()
         file_name = f"images/{sha[:2]}/{sha}.png"
         (tmp_path / file_name).parent.mkdir(parents=True, exist_ok=True)
@@ -66,8 +78,10 @@ def queries(coco, per_image=None):
 
 def run(tmp_path, format_mix=None):
     path, coco = world(tmp_path)
-    settings = config.GenerateConfig(format_mix=format_mix or {"mcq": 0.75, "short": 0.25}, annotations=[str(path)])
-    return generation.generate(queries(coco), settings, answer_format="letter", seed=config.stage_seed(3, "generate", 1),
+    settings = config.GenerateConfig(format_mix=format_mix or {"mcq": 0.75, "short": 0.25})
+    annotations = (questions.read_objects([path]), [category["name"] for category in coco["categories"]])
+    return generation.generate(queries(coco), settings, annotations=annotations, answer_format="letter",
+                               seed=config.stage_seed(3, "generate", 1),
                                iteration=1, data_root=tmp_path, badcases_path=tmp_path / "absent.parquet"), path
 
 
@@ -131,6 +145,10 @@ def stage_repo(root, server_url, **openai):
     and the bad cases of iteration 0 they came from."""
     data = root / "data"
     path, coco = world(data)
+    store = ImageStore(data / "store")  # what the store stage does for the pool
+    for image in coco["images"]:
+        store.add(data / image["file_name"], image["file_name"])
+    store.write_index()
     schema.write_samples(queries(coco), data / "iter=1" / "queries.parquet")
     badcases = [schema.sample(sample_id=f"badcase-0-shapes-{image['id']}", origin="badcase", iteration=0,
                               image=image["file_name"], image_sha256=image["sha256"], category="colour",
@@ -143,9 +161,8 @@ def stage_repo(root, server_url, **openai):
                "timeout": 5.0, "backoff_base": 0.01, "backoff_max": 0.05, "max_attempts": 2, "image_mode": "caption",
                "prompt": str(REPO / "prompts" / "generate.j2"), "journal": str(root / ".mmloop" / "journal.sqlite"),
                **openai}
-    params = {"seed": 0, "answer_format": "letter",
-              "generate": {"backend": "openai", "format_mix": {"mcq": 1.0},
-                           "annotations": [str(path.relative_to(root))], "openai": teacher}}
+    params = {"seed": 0, "answer_format": "letter", "pool": {"instances": str(path.relative_to(root))},
+              "generate": {"backend": "openai", "format_mix": {"mcq": 1.0}, "openai": teacher}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
 
 
@@ -201,8 +218,8 @@ def test_param_deps_name_the_files_each_backend_reads():
     spec = importlib.util.spec_from_file_location("generate_stage", REPO / "stages" / "generate.py")
     stage_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage_module)
-    offline = config.parse({"generate": {"annotations": ["data/world/a.json", "data/world/b.json"]}})
-    assert stage_module.param_deps(offline) == ["data/world/a.json", "data/world/b.json"]
+    offline = config.parse({"pool": {"instances": "data/coco/a.json", "image_folder": "data/photos"}})
+    assert stage_module.param_deps(offline) == ["data/coco/a.json", "data/photos"]
     teacher = config.parse({"generate": {"backend": "openai", "openai": {"model": "m", "prompt": "prompts/v2.j2"}}})
     assert stage_module.param_deps(teacher) == ["data/world/instances_pool.json", "prompts/v2.j2",
                                                 "data/iter=${item.prev}/eval"]

@@ -194,3 +194,269 @@ def test_read_objects_merges_files_and_names_the_bad_one(tmp_path):
     second.write_text(json.dumps(coco(categories=[])))
     with pytest.raises(ValueError, match=r"b\.json: annotations\[0\] \(id 5\): category_id 7 is not in"):
         questions.read_objects([first, second])
+
+
+# ---------------------------------------------------------------- real COCO category names
+
+# inflect's plurals; names already plural keep their form and take plural agreement.
+PLURALS = [("person", "people"), ("mouse", "mice"), ("sheep", "sheep"), ("knife", "knives"), ("bus", "buses"),
+           ("glass", "glasses"), ("wine glass", "wine glasses"), ("dining table", "dining tables"),
+           ("hair drier", "hair driers"), ("teddy bear", "teddy bears"), ("sports ball", "sports balls"),
+           ("skis", "skis"), ("scissors", "scissors"), ("glasses", "glasses"),
+           ("circle", "circles"), ("square", "squares"), ("triangle", "triangles"), ("object", "objects")]
+ALREADY_PLURAL = {"skis", "scissors", "glasses"}
+
+
+@pytest.mark.parametrize("name, many", PLURALS, ids=[p[0] for p in PLURALS])
+def test_plurals_of_category_names(name, many):
+    assert questions.plural(name) == many
+    assert questions.is_plural_name(name) == (name in ALREADY_PLURAL)
+    count = {"family": "count", "query": {"shape": name}}
+    assert questions.question_text(count) == f"How many {many} are there?"
+    assert questions.statement(count, "0") == f"There are no {many} in the image."
+    assert questions.statement(count, "3") == f"There are 3 {many} in the image."
+
+
+@pytest.mark.parametrize("name, is_there, yes, no, one", [
+    ("person", "Is there a person in the image?", "Yes, there is a person in the image.",
+     "No, there is no person in the image.", "There is 1 person in the image."),
+    ("umbrella", "Is there an umbrella in the image?", "Yes, there is an umbrella in the image.",
+     "No, there is no umbrella in the image.", "There is 1 umbrella in the image."),
+    ("unicorn", "Is there a unicorn in the image?", "Yes, there is a unicorn in the image.",
+     "No, there is no unicorn in the image.", "There is 1 unicorn in the image."),
+    ("sheep", "Is there a sheep in the image?", "Yes, there is a sheep in the image.",
+     "No, there is no sheep in the image.", "There is 1 sheep in the image."),
+    ("hair drier", "Is there a hair drier in the image?", "Yes, there is a hair drier in the image.",
+     "No, there is no hair drier in the image.", "There is 1 hair drier in the image."),
+    ("skis", "Are there skis in the image?", "Yes, there are skis in the image.",
+     "No, there are no skis in the image.", "There is 1 pair of skis in the image."),
+    ("scissors", "Are there scissors in the image?", "Yes, there are scissors in the image.",
+     "No, there are no scissors in the image.", "There is 1 pair of scissors in the image."),
+])
+def test_existence_and_count_agree_with_the_category_name(name, is_there, yes, no, one):
+    query = {"family": "existence", "query": {"shape": name}}
+    assert questions.question_text(query) == is_there
+    assert (questions.statement(query, "yes"), questions.statement(query, "no")) == (yes, no)
+    assert questions.statement({"family": "count", "query": {"shape": name}}, "1") == one
+
+
+def test_the_worlds_words_come_out_as_before():
+    assert [questions.article(f"{size} {colour} circle") for size in questions.SIZES
+            for colour in ("orange", "yellow")] == ["a small orange circle", "a small yellow circle",
+                                                   "a large orange circle", "a large yellow circle"]
+    assert questions.article("orange square") == "an orange square"
+    assert questions.article("object") == "an object"
+    assert questions.count_phrase({"colour": "red"}, 2) == "2 red objects"
+    assert questions.count_phrase({"shape": "triangle"}, 1) == "1 triangle"
+    assert questions.statement({"family": "existence", "query": {"colour": "yellow", "shape": "triangle"}},
+                               "yes") == "Yes, there is a yellow triangle in the image."
+
+
+def test_plural_names_agree_in_attribute_and_spatial_questions():
+    program = {"family": "spatial", "a": {"shape": "skis"}, "b": {"shape": "person"}}
+    assert questions.question_text(program) == "Where are the skis relative to the person?"
+    assert questions.statement(program, "left of") == "The skis are to the left of the person."
+    colour = {"family": "colour", "target": {"shape": "scissors"}}
+    assert questions.question_text(colour) == "What colour are the scissors?"
+    assert questions.statement(colour, "red") == "The scissors are red."
+
+
+def test_vocabulary_texts_hold_the_words_of_plural_names():
+    names = ["person", "skis", "knife", "scissors"]
+    words = set(" ".join(questions.vocabulary_texts(shapes=names)).replace("?", " ").replace(".", " ").split())
+    assert {"people", "skis", "knives", "scissors", "pair", "of", "Are", "there"} <= words
+    # the world's vocabulary texts gain nothing
+    assert "pair" not in " ".join(questions.vocabulary_texts())
+
+
+def box(id, name, bbox, crowd=False):
+    return SceneObject(id, name, tuple(float(v) for v in bbox), crowd=crowd)
+
+
+def sheep_and_a_crowd():
+    """18 sheep in a row and a crowd region over the flock, plus a dog and a crowd of people."""
+    flock = [box(i, "sheep", (i * 20, 100, 10, 10)) for i in range(18)]
+    return [*flock, box(50, "sheep", (0, 90, 400, 30), crowd=True), box(51, "dog", (200, 300, 40, 40)),
+            box(52, "person", (0, 400, 300, 80), crowd=True)]
+
+
+def test_crowd_regions_are_never_counted():
+    objects = sheep_and_a_crowd()
+    assert questions.answer_program({"family": "count", "query": {"shape": "sheep"}}, objects) == "18"
+    assert questions.answer_program({"family": "count", "query": {}}, objects) == "19"
+    assert questions.statement({"family": "count", "query": {"shape": "sheep"}}, "18") == \
+        "There are 18 sheep in the image."
+    rng = random.Random(0)
+    asked = {}
+    for _ in range(200):
+        made = questions.make_question("count", objects, rng, shapes=["person", "dog", "sheep", "cat", "cow"])
+        assert made.answer == questions.answer_program(made.program, objects)
+        asked[made.question] = made.answer
+    assert asked["How many sheep are there?"] == "18"
+    assert asked["How many objects are there?"] == "19"
+    # a category seen only as a crowd is neither counted as 0 nor as 1
+    assert "How many people are there?" not in asked
+
+
+def test_crowd_regions_answer_existence_but_are_never_a_referent():
+    objects = sheep_and_a_crowd()
+    assert questions.answer_program({"family": "existence", "query": {"shape": "person"}}, objects) == "yes"
+    # the crowd of people is one box named by one selector, yet it is no object to relate
+    assert questions.answer_program({"family": "spatial", "a": {"shape": "person"}, "b": {"shape": "dog"}},
+                                    objects) is None
+    rng = random.Random(1)
+    for _ in range(100):
+        made = questions.make_question("spatial", objects, rng, shapes=["person", "dog", "sheep"])
+        # the dog is the only referent a selector names alone (the sheep are many), so no question
+        assert made is None
+    coloured = [SceneObject(1, "circle", (0, 0, 10, 10), "red"), SceneObject(2, "square", (40, 0, 10, 10), "blue"),
+                SceneObject(3, "triangle", (0, 40, 30, 30), "green", crowd=True)]
+    assert questions.answer_program({"family": "colour", "target": {"shape": "triangle"}}, coloured) is None
+    rng = random.Random(2)
+    for family in ("colour", "shape", "spatial"):
+        for _ in range(30):
+            made = questions.make_question(family, coloured, rng)
+            assert "triangle" not in made.question and "green" not in made.question, made.question
+    # a crowd of the same category makes "the circle" ambiguous
+    crowded = [*coloured, SceneObject(4, "circle", (60, 60, 30, 30), "red", crowd=True)]
+    assert questions.answer_program({"family": "spatial", "a": {"shape": "circle"}, "b": {"shape": "square"}},
+                                    crowded) is None
+
+
+COCO_40 = ["person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+           "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+           "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+           "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+           "tennis racket", "bottle"]
+
+
+def coco_scene(rng):
+    """1-3 categories of COCO_40, 1-4 boxes each, side by side."""
+    names = rng.sample(COCO_40, rng.randint(1, 3))
+    objects = []
+    for name in names:
+        for _ in range(rng.randint(1, 4)):
+            objects.append(box(len(objects), name, (len(objects) * 30, 0, 20, 20)))
+    return objects
+
+
+def test_count_zero_is_a_minority_answer_on_a_large_vocabulary():
+    rng = random.Random(3)
+    answers, absent_asked = [], set()
+    for _ in range(600):
+        objects = coco_scene(rng)
+        made = questions.make_question("count", objects, rng, shapes=COCO_40)
+        assert made.answer == questions.answer_program(made.program, objects)
+        answers.append(made.answer)
+        shape = made.program["query"].get("shape")
+        assert shape is None or shape in COCO_40
+        if made.answer == "0":
+            absent_asked.add(shape)
+    zeros = answers.count("0") / len(answers)
+    # at most as many absent categories as present ones, plus "all objects": under half are "0"
+    assert 0.1 < zeros < 0.5, zeros
+    assert len(absent_asked) > 20  # absent categories come from the whole vocabulary
+
+
+def test_existence_negatives_come_from_the_vocabulary_near_the_scene():
+    rng = random.Random(4)
+    negatives = set()
+    for _ in range(300):
+        objects = [box(1, "knife", (0, 0, 10, 10)), box(2, "person", (50, 0, 10, 10))]
+        made = questions.make_question("existence", objects, rng, shapes=COCO_40 + ["fork", "knife", "spoon"])
+        if made.answer == "no":
+            negatives.add(made.program["query"]["shape"])
+    # within two places of "person" (first) or "knife" (second to last) in the dataset's list
+    assert negatives == {"bicycle", "car", "bottle", "fork", "spoon"}
+
+
+def test_no_spatial_relation_between_overlapping_boxes():
+    # the cup's centre is straight above the saucer's: without the overlap rule, "cup above saucer"
+    cup_on_saucer = [box(1, "cup", (50, 32, 20, 10)), box(2, "saucer", (30, 30, 60, 60))]
+    assert questions.make_question("spatial", cup_on_saucer, random.Random(0)) is None
+    for a, b in (("cup", "saucer"), ("saucer", "cup")):
+        assert questions.answer_program({"family": "spatial", "a": {"shape": a}, "b": {"shape": b}},
+                                        cup_on_saucer) is None
+    # partly overlapping, with a dominant axis: still no relation
+    overlapping = [box(1, "cup", (0, 0, 40, 10)), box(2, "saucer", (30, 0, 40, 10))]
+    assert questions.answer_program({"family": "spatial", "a": {"shape": "cup"}, "b": {"shape": "saucer"}},
+                                    overlapping) is None
+    # touching is fine
+    touching = [box(1, "cup", (0, 0, 30, 10)), box(2, "saucer", (30, 0, 30, 10))]
+    assert questions.answer_program({"family": "spatial", "a": {"shape": "cup"}, "b": {"shape": "saucer"}},
+                                    touching) == "left of"
+    made = questions.make_question("spatial", touching, random.Random(0))
+    assert made is not None and made.answer in ("left of", "right of")
+
+
+def test_question_key_is_direction_insensitive_for_spatial_questions():
+    objects = [box(1, "cup", (0, 0, 10, 10)), box(2, "knife", (40, 0, 10, 10))]
+    rng = random.Random(5)
+    made = [questions.make_question("spatial", objects, rng) for _ in range(30)]
+    assert len({m.question for m in made}) == 2  # both directions are made ...
+    assert len({questions.question_key(m) for m in made}) == 1  # ... and share one key
+    others = [questions.make_question(family, scene(), random.Random(6)) for family in questions.FAMILIES]
+    assert [questions.question_key(m) for m in others[:5]] == [m.question for m in others[:5]]
+    # different pairs keep different keys
+    three = [*objects, box(3, "fork", (80, 0, 10, 10))]
+    keys = {questions.question_key(questions.make_question("spatial", three, random.Random(seed)))
+            for seed in range(40)}
+    assert len(keys) == 3
+
+
+# ---------------------------------------------------------------- the embedded world is unchanged
+
+def world_questions(family, single_shape):
+    """(question, options, answer, statement) of `family` on 80 world scenes, one seeded rng each:
+    the scenes with one shape only (`single_shape`) or with several."""
+    import hashlib
+
+    from mmloop.world import scenes as world
+
+    config = world.WorldConfig(splits={"seed": 80, "pool": 1, "bench": 1})
+    made = []
+    for index, scene in enumerate(world.generate(config, seed=11)["seed"]):
+        if (len({obj["shape"] for obj in scene}) == 1) != single_shape:
+            continue
+        objects = [SceneObject(id=i, shape=o["shape"], bbox=world.bbox(o, config), colour=o["colour"], size=o["size"],
+                               row=o["row"], col=o["col"]) for i, o in enumerate(scene)]
+        question = questions.make_question(family, objects, random.Random(f"{family}-{index}"))
+        made.append(None if question is None else
+                    [question.question, list(question.options), question.answer, question.statement])
+    return made, hashlib.sha256(json.dumps(made).encode()).hexdigest()[:16]
+
+
+# Digests of the questions the module made before crowds, plurals from inflect, disjoint boxes
+# and bounded count questions: world objects never overlap and are never crowds, and the world's
+# words pluralise as before, so only count questions about single-shape scenes may change.
+WORLD_DIGESTS = {
+    ("colour", False): "65cf4d61a230dab7", ("colour", True): "38ac76c6a82b06ce",
+    ("shape", False): "cab4d955ea34f35a", ("shape", True): "5601148c94231598",
+    ("size", False): "9ce75e8836f9dcc2", ("size", True): "23dd7ce87fdfb8ca",
+    ("existence", False): "47dc144927c5a09d", ("existence", True): "5db4e6e487b0e76a",
+    ("spatial", False): "cc245fbbcab6d552", ("spatial", True): "2689c59bae77a499",
+    ("count", False): "32e3cc06ba0be928",
+}
+
+
+@pytest.mark.parametrize("family, single_shape", list(WORLD_DIGESTS), ids=[f"{f}-{'one' if s else 'several'}-shape"
+                                                                         for f, s in WORLD_DIGESTS])
+def test_world_questions_for_a_fixed_seed_are_unchanged(family, single_shape):
+    made, digest = world_questions(family, single_shape)
+    assert sum(m is not None for m in made) >= 5
+    assert digest == WORLD_DIGESTS[family, single_shape]
+
+
+def test_world_count_questions_on_a_single_shape_scene_ask_one_absent_shape():
+    # two red circles: the choices are all objects, circles, red objects and one absent shape
+    # (square or triangle, drawn each time), where both absent shapes were choices before (0.4 of "0")
+    objects = [SceneObject(1, "circle", (0, 0, 8, 8), "red", "small", 0, 0),
+               SceneObject(2, "circle", (16, 0, 8, 8), "red", "small", 0, 1)]
+    rng = random.Random(7)
+    made = [questions.make_question("count", objects, rng) for _ in range(1000)]
+    shares = {text: sum(m.question == text for m in made) / len(made) for text in {m.question for m in made}}
+    assert set(shares) == {"How many objects are there?", "How many circles are there?",
+                           "How many red objects are there?", "How many squares are there?",
+                           "How many triangles are there?"}
+    zeros = shares["How many squares are there?"] + shares["How many triangles are there?"]
+    assert 0.2 < zeros < 0.3, shares

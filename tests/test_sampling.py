@@ -159,21 +159,56 @@ def test_objects_by_sha_reads_colour_and_shape_through_the_coco_reader():
         sampling.objects_by_sha(instances, source="pool.json")
 
 
-def test_badcase_image_from_bench_tsv(tmp_path):
+def _png(colour):
     from PIL import Image
 
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_badcase_image_from_the_loops_benchmark_by_sha(tmp_path):
+    """A bad case whose image is not in the store gets it from the benchmark the manifest names
+    (here an MMBench TSV with embedded images), matched by image_sha256."""
+    from mmloop.eval.benchmarks.mmbench import write_mmbench
+    from mmloop.eval.manifest import write_manifest
+    from mmloop.io import sha256_bytes
+    from mmloop.world.benchmark import mmbench_row
+
+    red, green = _png((255, 0, 0)), _png((0, 255, 0))
+    rows = [mmbench_row(index, "What colour is it?", ["red", "green"], answer, "colour",
+                        base64.b64encode(data).decode())
+            for index, (answer, data) in enumerate([("red", red), ("green", green)])]
+    tsv = tmp_path / "user" / "bench.tsv"
+    write_mmbench(rows, tsv)
+    manifest = tmp_path / "bench.json"
+    write_manifest(manifest, rows, format="mmbench", file=tsv)
+    cases = [{"sample_id": "badcase-0-x-0", "image": None, "image_sha256": sha256_bytes(green)},
+             {"sample_id": "badcase-0-x-1", "image": "images/ab/c.png", "image_sha256": "c"}]
+    images = sampling.badcase_images(cases, manifest=str(manifest))
+    assert images["badcase-0-x-0"].getpixel((0, 0)) == (0, 255, 0)
+    assert images["badcase-0-x-1"] == "images/ab/c.png"
+    with pytest.raises(ValueError, match="badcase-0-x-2: no image of the loop's benchmark .*image_sha256 nope"):
+        sampling.badcase_images([{"sample_id": "badcase-0-x-2", "image": None, "image_sha256": "nope"}],
+                                manifest=str(manifest))
+    # Every image in the store: the benchmark is not needed, not even its manifest.
+    assert sampling.badcase_images(cases[1:], manifest=str(tmp_path / "absent.json")) == {
+        "badcase-0-x-1": "images/ab/c.png"}
+
+
+def test_badcase_image_from_a_pope_benchmark(tmp_path):
+    """Any format: the image file of a POPE question."""
+    import json
+
+    from mmloop.eval.manifest import load_source, write_manifest
     from mmloop.io import sha256_bytes
 
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), (255, 0, 0)).save(buffer, format="PNG")
-    data = buffer.getvalue()
-    tsv = tmp_path / "bench.tsv"
-    tsv.write_text(f"index\tquestion\timage\n0\tq\t{base64.b64encode(data).decode()}\n")
-    cases = [{"sample_id": "badcase-0-x-0", "image": None, "image_sha256": sha256_bytes(data)},
-             {"sample_id": "badcase-0-x-1", "image": "images/ab/c.png", "image_sha256": "c"}]
-    images = sampling.badcase_images(cases, bench_tsv=str(tsv))
-    assert images["badcase-0-x-0"].getpixel((0, 0)) == (255, 0, 0)
-    assert images["badcase-0-x-1"] == "images/ab/c.png"
-    with pytest.raises(ValueError, match="badcase-0-x-2.*image_sha256"):
-        sampling.badcase_images([{"sample_id": "badcase-0-x-2", "image": None, "image_sha256": "nope"}],
-                                bench_tsv=str(tsv))
+    blue = _png((0, 0, 255))
+    (tmp_path / "b.png").write_bytes(blue)
+    (tmp_path / "pope_random.jsonl").write_text(
+        json.dumps({"question_id": 1, "image": "b.png", "text": "Is there a cat?", "label": "no"}) + "\n")
+    items, kind = load_source(tmp_path / "pope_random.jsonl")
+    write_manifest(tmp_path / "bench.json", items, format=kind, file=tmp_path / "pope_random.jsonl")
+    images = sampling.badcase_images([{"sample_id": "badcase-1-x", "image": None, "image_sha256": sha256_bytes(blue)}],
+                                     manifest=str(tmp_path / "bench.json"))
+    assert images["badcase-1-x"].getpixel((3, 3)) == (0, 0, 255)

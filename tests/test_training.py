@@ -50,7 +50,7 @@ def test_draw_replay_is_seeded_and_bounded():
 def test_labels_cover_the_assistant_replies_and_their_end_token_only(data):
     root, records = data
     model, processor = tiny_model(records)
-    images = training.load_images(records, root)
+    images = training.ImageFiles(records, root)
     record = {**records[0], "conversations": records[0]["conversations"] * 2}  # two exchanges
     batch = training.Collator(processor, images)(training.encode(processor, [record, records[1]]))
     kept = [processor.tokenizer.convert_ids_to_tokens(int(t)) for t in batch["labels"][0] if t != training.IGNORE_INDEX]
@@ -91,7 +91,7 @@ def test_the_projector_reads_the_towers_patch_embeddings(data):
 
     root, records = data
     model, processor = tiny_model(records)
-    images = training.load_images(records[:2], root)
+    images = training.ImageFiles(records[:2], root)
     pixels = processor.image_processor(list(images.values()), return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         embeddings = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[0]

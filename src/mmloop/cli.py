@@ -32,10 +32,14 @@ def _history(args: argparse.Namespace) -> int:
 def _graph(args: argparse.Namespace) -> int:
     from mmloop import graph
 
-    if args.write:
-        print("dvc.yaml: deps and params rewritten" if graph.write() else "dvc.yaml: already true")
-        return 0
-    difference = graph.check()
+    try:
+        if args.write:
+            print("dvc.yaml: deps and params rewritten" if graph.write() else "dvc.yaml: already true")
+            return 0
+        difference = graph.check()
+    except (FileNotFoundError, ValueError) as err:  # params.yaml or dvc.yaml unreadable or invalid
+        print(f"mmloop graph: {err}", file=sys.stderr)
+        return 1
     print("\n".join(difference) if difference else "dvc.yaml: every stage declares what it reads")
     return 1 if difference else 0
 
@@ -69,7 +73,11 @@ def _eval(args: argparse.Namespace) -> int:
                                       **{key: value for key, value in (("device", args.device), ("dtype", args.dtype))
                                          if value is not None}})
     device, dtype = vlm.placement(compute)
-    model, processor = vlm.load(args.model, dtype=dtype, device=device)
+    try:
+        model, processor = vlm.load(args.model, dtype=dtype, device=device)
+    except vlm.ModelNotFoundError as err:
+        print(f"mmloop eval: --model {err}", file=sys.stderr)
+        return 1
     items, predictions, metrics = evaluation.run_benchmark(
         model, processor, items, settings, answer_format, kind=kind, benchmark=args.name or Path(args.bench).stem,
         model_name=vlm.model_name(args.model), iteration=args.iteration)

@@ -92,7 +92,11 @@ class CocoSource(Section):
 
 
 class LlavaSource(Section):
-    kind: Literal["llava"]
+    """LLaVA JSON (a list of {id, image, conversations: [{from, value}]}) or ShareGPT JSON (a list of
+    {id, images: [path], messages: [{role, content}]} or the from/value form); records of one
+    image are merged into one conversation."""
+
+    kind: Literal["llava", "sharegpt"]
     path: str
     image_folder: str
 
@@ -109,7 +113,12 @@ class CurateConfig(Section):
         default_factory=lambda: [CocoSource(kind="coco", instances="data/world/instances_seed.json",
                                             captions="data/world/captions_seed.json")],
         min_length=1)
+    # A record with nothing usable (an image without annotations or captions): "skip" counts it in
+    # metrics/curate.json, "error" stops the stage naming it.
+    unusable: Literal["error", "skip"] = "skip"
+    max_text_chars: int = Field(4000, ge=1)  # longest caption or conversation turn accepted
     turns_per_image: int = Field(6, ge=1)
+    caption_turns: int = Field(1, ge=0)  # caption turns per image, each a different caption (COCO has five)
     mcq_ratio: float = Field(0.75, ge=0.0, le=1.0)
     family_weights: dict[str, float] = {"colour": 0.02, "shape": 0.24, "size": 0.24, "existence": 0.24,
                                         "count": 0.02, "spatial": 0.24}
@@ -132,7 +141,44 @@ class CurateConfig(Section):
 
 class BenchConfig(Section):
     name: str = "shapes"
-    items_per_family: int = Field(800, ge=1)
+    items_per_family: int = Field(800, ge=1)  # the embedded world's benchmark (source null)
+    # Any file `mmloop eval` reads (MMBench TSV, POPE, MME, SEED-Bench, A-OKVQA, JSONL): the
+    # benchmark every iteration is measured on. null: the embedded world's.
+    source: str | None = None
+    format: str | None = None  # guessed from the file when null
+    image_dir: str | None = None  # where the file's image paths are relative to (default: its folder)
+
+    @property
+    def files(self) -> list[str]:
+        return [path for path in (self.source, self.image_dir) if path]
+
+
+class PoolConfig(Section):
+    """The unlabeled images the sampler picks from: a COCO instances file (its annotations feed the
+    annotations teacher) or a plain image folder (valid for the openai teacher)."""
+
+    kind: Literal["coco", "folder"] = "coco"
+    instances: str | None = "data/world/instances_pool.json"  # kind coco
+    image_folder: str | None = None  # coco: where file_names are relative to (default: data/); folder: the folder
+
+    @model_validator(mode="after")
+    def _complete(self) -> "PoolConfig":
+        if self.kind == "coco" and not self.instances:
+            raise ValueError("pool kind 'coco' needs pool.instances")
+        if self.kind == "folder" and not self.image_folder:
+            raise ValueError("pool kind 'folder' needs pool.image_folder")
+        return self
+
+    @property
+    def files(self) -> list[str]:
+        return [path for path in ((self.instances if self.kind == "coco" else None), self.image_folder) if path]
+
+
+class StoreConfig(Section):
+    """How images enter data/store: once each, content-addressed, decode-checked and normalised."""
+
+    max_pixels: int = Field(50_000_000, ge=1)  # larger images are refused (decompression bombs)
+    link: bool = True  # hard-link an unchanged file into the store when the filesystem allows
 
 
 # ---------------------------------------------------------------- models
@@ -294,8 +340,6 @@ class OpenAIConfig(Section):
 class GenerateConfig(Section):
     backend: Literal["annotations", "openai"] = "annotations"
     format_mix: dict[str, float] = {"mcq": 0.75, "short": 0.25}
-    # COCO instances of the query images: the annotation teacher's "captions and boxes".
-    annotations: list[str] = ["data/world/instances_pool.json"]
     openai: OpenAIConfig | None = None
 
     @model_validator(mode="after")
@@ -338,7 +382,9 @@ class Params(Section):
     # How a multiple-choice reply names its choice, in seed, generated data and evaluation alike.
     answer_format: AnswerFormat = "option"
     world: WorldConfig = WorldConfig()
+    store: StoreConfig = StoreConfig()
     curate: CurateConfig = CurateConfig()
+    pool: PoolConfig = PoolConfig()
     bench: BenchConfig = BenchConfig()
     clip: ClipConfig = ClipConfig()
     compute: ComputeConfig = ComputeConfig()

@@ -16,13 +16,21 @@ words it as a question and as a full-sentence answer, and makes a question about
 adding a family is adding one registered class.
 
 Object references ("the large circle") are always unambiguous: a question is only asked
-about an object whose description matches exactly one object of the scene.
+about an object whose description matches exactly one object of the scene. COCO crowd regions
+(`iscrowd`) are groups, not objects: never counted, never referred to, but they do answer
+"yes" to existence. Spatial relations hold only between boxes that do not overlap.
+
+Category names are English nouns of any kind ("person", "knife", "skis"): plurals and articles
+come from `inflect` ("people", "knives", "an umbrella"); a name already plural keeps plural
+agreement ("Are there skis in the image?").
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
+import json
 import os
 import random
 from collections.abc import Iterable, Mapping, Sequence
@@ -61,6 +69,7 @@ class SceneObject:
     size: str | None = None
     row: int | None = None
     col: int | None = None
+    crowd: bool = False  # a COCO `iscrowd` region: a group of objects, never counted as one
 
     @property
     def centre(self) -> tuple[float, float]:
@@ -182,41 +191,113 @@ def _scene_object(annotation: Mapping[str, Any], shape: str, position: int, wher
 
 # ---------------------------------------------------------------- describing objects
 
-def describe(selector: Mapping[str, Any]) -> str:
-    """'large red circle' / 'red object': the words of a selector, size before colour before shape."""
-    words = [selector[key] for key in ("size", "colour") if selector.get(key)]
-    words.append(selector.get("shape") or "object")
-    return " ".join(words)
+@functools.cache
+def _inflect_engine() -> Any:
+    """The one `inflect` engine every plural and article comes from (imported on first use)."""
+    import inflect
+
+    return inflect.engine()
+
+
+@functools.cache
+def is_plural_name(noun: str) -> bool:
+    """Whether a category name is already plural ("skis", "scissors", "glasses"): such a name
+    takes plural agreement ("Are there skis ...?") and is its own plural.
+
+    inflect's `singular_noun` alone would also call "bus" plural (of "bu"), and `plural_noun`
+    alone turns "skis" into "skiss". A name is plural when it has a singular whose plural is the
+    name and inflect knows no plural of the name beyond appending "s" (so "bus" -> "buses" and
+    "glass" stay singular), or when it is its own singular ending in "s" (inflect's uninflected
+    plurals: "scissors"; "sheep", which does not end in "s", stays singular).
+    """
+    if not noun.strip():
+        return False
+    engine = _inflect_engine()
+    one = engine.singular_noun(noun)
+    if one is False:
+        return False
+    if one == noun:
+        return noun.endswith("s")
+    return engine.plural_noun(one) == noun and engine.plural_noun(noun) == noun + "s"
+
+
+@functools.cache
+def plural(noun: str) -> str:
+    """'circle' -> 'circles', 'person' -> 'people', 'knife' -> 'knives', 'sheep' -> 'sheep';
+    a name already plural ('skis', 'scissors') is its own plural."""
+    if not noun or is_plural_name(noun):
+        return noun
+    return _inflect_engine().plural_noun(noun)
+
+
+def singular(noun: str) -> str:
+    """The name as counted once: itself, or 'pair of skis' for a name already plural (a COCO
+    annotation of "skis" or "scissors" is one pair)."""
+    return f"pair of {noun}" if is_plural_name(noun) else noun
 
 
 def article(phrase: str) -> str:
-    """'a red circle' / 'an orange circle'."""
-    return f"{'an' if phrase[:1].lower() in 'aeiou' else 'a'} {phrase}"
+    """'a red circle' / 'an orange circle' / 'an umbrella' / 'a unicorn' (inflect's `a`)."""
+    return _inflect_engine().a(phrase) if phrase.strip() else f"a {phrase}"
 
 
-def plural(noun: str) -> str:
-    if noun.endswith(("s", "x", "ch", "sh")):
-        return noun + "es"
-    if noun.endswith("y") and noun[-2:-1] not in "aeiou":
-        return noun[:-1] + "ies"
-    return noun + "s"
+def _adjectives(selector: Mapping[str, Any]) -> list[str]:
+    return [selector[key] for key in ("size", "colour") if selector.get(key)]
+
+
+def _noun(selector: Mapping[str, Any]) -> str:
+    return selector.get("shape") or "object"
+
+
+def describe(selector: Mapping[str, Any]) -> str:
+    """'large red circle' / 'red object': the words of a selector, size before colour before shape."""
+    return " ".join([*_adjectives(selector), _noun(selector)])
+
+
+def describe_plural(selector: Mapping[str, Any]) -> str:
+    """'red circles' / 'people' / 'skis': the selector's words with its noun in the plural."""
+    return " ".join([*_adjectives(selector), plural(_noun(selector))])
+
+
+def is_plural(selector: Mapping[str, Any]) -> bool:
+    """Whether the selector's words take plural agreement (its noun is already plural)."""
+    return is_plural_name(_noun(selector))
+
+
+def be(selector: Mapping[str, Any]) -> str:
+    """'is' / 'are': the verb agreeing with the selector's words."""
+    return "are" if is_plural(selector) else "is"
 
 
 def count_phrase(selector: Mapping[str, Any], number: int) -> str:
-    """'2 red circles' / '1 circle' / 'no objects'."""
-    words = [selector[key] for key in ("size", "colour") if selector.get(key)]
-    noun = selector.get("shape") or "object"
-    words.append(noun if number == 1 else plural(noun))
-    return f"{'no' if number == 0 else number} {' '.join(words)}"
+    """'2 red circles' / '1 circle' / 'no objects' / '1 pair of skis'."""
+    noun = _noun(selector)
+    if number == 0:
+        return " ".join(["no", *_adjectives(selector), plural(noun)])
+    return " ".join([str(number), *_adjectives(selector), singular(noun) if number == 1 else plural(noun)])
 
 
 def matching(objects: Sequence[SceneObject], selector: Mapping[str, Any]) -> list[SceneObject]:
     return [obj for obj in objects if obj.matches(selector)]
 
 
+def counted(objects: Sequence[SceneObject]) -> list[SceneObject]:
+    """The objects a question may count or refer to: all but COCO crowd regions, each of which is
+    a group of objects (still there for existence, never one object)."""
+    return [obj for obj in objects if not obj.crowd]
+
+
+def referent(objects: Sequence[SceneObject], selector: Mapping[str, Any]) -> SceneObject | None:
+    """The one object `selector` names, or None when it names none, several, or a crowd region
+    (a crowd of the same category makes the name ambiguous)."""
+    found = matching(objects, selector)
+    return found[0] if len(found) == 1 and not found[0].crowd else None
+
+
 def unique_selector(obj: SceneObject, objects: Sequence[SceneObject],
                     allowed: Sequence[Sequence[str]]) -> dict[str, Any] | None:
-    """The first selector (a tuple of attribute names from `allowed`) naming `obj` alone."""
+    """The first selector (a tuple of attribute names from `allowed`) naming `obj` alone
+    (crowd regions included among the objects it must tell `obj` from)."""
     for keys in allowed:
         if any(getattr(obj, key) is None for key in keys):
             continue
@@ -226,8 +307,17 @@ def unique_selector(obj: SceneObject, objects: Sequence[SceneObject],
     return None
 
 
+def overlap(a: SceneObject, b: SceneObject) -> bool:
+    """Whether two boxes share area (boxes that only touch do not)."""
+    (ax, ay, aw, ah), (bx, by, bw, bh) = a.bbox, b.bbox
+    return min(ax + aw, bx + bw) > max(ax, bx) and min(ay + ah, by + bh) > max(ay, by)
+
+
 def relation(a: SceneObject, b: SceneObject) -> str | None:
-    """Where `a` is relative to `b`, or None when neither axis dominates (diagonal, overlap)."""
+    """Where `a` is relative to `b`, or None when the boxes overlap (a cup on a saucer, a box
+    inside another: "above" or "left of" would be a guess) or neither axis dominates (diagonal)."""
+    if overlap(a, b):
+        return None
     (ax, ay), (bx, by) = a.centre, b.centre
     dx, dy = ax - bx, ay - by
     if abs(dx) >= DOMINANT_AXIS_RATIO * abs(dy) and dx != 0:
@@ -294,6 +384,11 @@ class Family(abc.ABC):
     def examples(self, vocab: Vocabulary) -> list[tuple[dict[str, Any], str]]:
         """(program, answer) pairs whose question and statement use every word this family's texts can."""
 
+    def key(self, program: Mapping[str, Any]) -> str:
+        """What makes two of this family's programs the same question (see `question_key`):
+        by default the question's text."""
+        return self.text(program)
+
     def question(self, program: dict[str, Any], options: Sequence[str],
                  objects: Sequence[SceneObject]) -> Question | None:
         """The Question for a program and its options; None when the program's own answer is not
@@ -334,18 +429,19 @@ class AttributeFamily(Family):
         return answer
 
     def answer(self, program, objects):
-        found = matching(objects, _selector(program, "target"))
-        return getattr(found[0], self.name) if len(found) == 1 else None
+        found = referent(objects, _selector(program, "target"))
+        return getattr(found, self.name) if found is not None else None
 
     def text(self, program):
-        return f"What {self.name} is the {describe(program['target'])}?"
+        return f"What {self.name} {be(program['target'])} the {describe(program['target'])}?"
 
     def statement(self, program, answer):
-        return f"The {describe(program['target'])} is {self.complement(answer)}."
+        target = program["target"]
+        return f"The {describe(target)} {be(target)} {self.complement(answer)}."
 
     def make(self, objects, rng, vocab):
         described = []
-        for obj in objects:
+        for obj in counted(objects):
             if getattr(obj, self.name) is None:
                 continue
             selector = unique_selector(obj, objects, self.selectors)
@@ -378,7 +474,7 @@ class Shape(AttributeFamily):
     vocabulary_field = "shapes"
 
     def complement(self, answer):
-        return article(answer)
+        return answer if is_plural_name(answer) else article(answer)
 
 
 @register
@@ -393,16 +489,29 @@ class Size(AttributeFamily):
 class Existence(Family):
     name = "existence"
     l2_category = "instance"
+    # Without colours, an absent category is a plausible "no" when the dataset's vocabulary lists
+    # it within this many places of a present one: COCO lists its categories grouped by
+    # supercategory (vehicles, animals, kitchenware, ...), so "fork" beside a present "knife" is a
+    # confusion worth asking about, where a uniform draw from 80 names mostly is not.
+    NEAR_PLACES = 2
 
     def answer(self, program, objects):
+        # A crowd region counts here: a crowd of people means there are people.
         return YES if matching(objects, _selector(program, "query")) else NO
 
     def text(self, program):
-        return f"Is there {article(describe(program['query']))} in the image?"
+        query = program["query"]
+        if is_plural(query):
+            return f"Are there {describe(query)} in the image?"
+        return f"Is there {article(describe(query))} in the image?"
 
     def statement(self, program, answer):
-        thing = describe(program["query"])
-        if answer.lower() == YES:
+        query = program["query"]
+        thing = describe(query)
+        yes = answer.lower() == YES
+        if is_plural(query):
+            return f"Yes, there are {thing} in the image." if yes else f"No, there are no {thing} in the image."
+        if yes:
             return f"Yes, there is {article(thing)} in the image."
         return f"No, there is no {thing} in the image."
 
@@ -413,6 +522,7 @@ class Existence(Family):
         if with_colour:
             universe = [(c, s) for c in vocab.colours for s in vocab.shapes]
         else:
+            # The dataset's own categories (`make_question` is given its category names).
             universe = [(s,) for s in vocab.shapes]
         absent = [combo for combo in universe if combo not in present]
         want_yes = rng.random() < 0.5
@@ -421,11 +531,21 @@ class Existence(Family):
                 return None
             query = rng.choice(sorted(present))
         else:
-            # A plausible "no": an absent combination sharing a colour or shape with the scene.
-            near = [combo for combo in absent if any(set(combo) & set(p) for p in present)]
+            if with_colour:
+                # A plausible "no": an absent combination sharing a colour or shape with the scene.
+                near = [combo for combo in absent if any(set(combo) & set(p) for p in present)]
+            else:
+                near = self._near_categories(absent, present, vocab)
             query = rng.choice(near or absent)
         options = _options(YES if query in present else NO, YES_NO, 2, rng)
         return self.question({"family": self.name, "query": dict(zip(keys, query))}, options, objects)
+
+    def _near_categories(self, absent: Sequence[tuple[str]], present: Iterable[tuple[str]],
+                         vocab: Vocabulary) -> list[tuple[str]]:
+        place = {shape: index for index, shape in enumerate(vocab.shapes)}
+        places = [place[shape] for (shape,) in present if shape in place]
+        return [combo for combo in absent
+                if any(abs(place[combo[0]] - other) <= self.NEAR_PLACES for other in places)]
 
     def examples(self, vocab):
         query = {"family": self.name, "query": vocab.example_selector()}
@@ -441,10 +561,11 @@ class Count(Family):
     OPTION_COUNT = 4
 
     def answer(self, program, objects):
-        return str(len(matching(objects, _selector(program, "query"))))
+        # Crowd regions are groups, never one object: "18 sheep" for 18 sheep and a crowd region.
+        return str(len(matching(counted(objects), _selector(program, "query"))))
 
     def text(self, program):
-        return f"How many {plural(describe(program['query']))} are there?"
+        return f"How many {describe_plural(program['query'])} are there?"
 
     def statement(self, program, answer):
         number = int(answer)
@@ -452,13 +573,27 @@ class Count(Family):
         return f"There {verb} {count_phrase(program['query'], number)} in the image."
 
     def make(self, objects, rng, vocab):
+        individuals = counted(objects)
+        present = list(dict.fromkeys(obj.shape for obj in individuals))
+        crowds = {obj.shape for obj in objects if obj.crowd}
+        # Ask about the categories on the image, and about absent ones only up to as many as are
+        # present. Drawing from the whole vocabulary made "0" the answer of nearly every count
+        # question on a large one (80 COCO categories, 2-3 on an image: 14 of 16 answers were "0"),
+        # which teaches a model to answer "0" without looking; a bounded share of absent
+        # categories (from the dataset's own vocabulary) keeps "0" a minority answer that still
+        # needs the image. A category seen only as a crowd region is neither present nor absent:
+        # it is not asked.
+        absent = [shape for shape in vocab.shapes if shape not in present and shape not in crowds]
+        if len(absent) > len(present):
+            absent = rng.sample(absent, len(present))
+        asked = set(present) | set(absent)
         choices: list[dict[str, Any]] = [{}]
-        choices += [{"shape": shape} for shape in vocab.shapes]
-        if objects and all(obj.colour is not None for obj in objects):
-            present_colours = sorted({obj.colour for obj in objects})
+        choices += [{"shape": shape} for shape in dict.fromkeys([*vocab.shapes, *present]) if shape in asked]
+        if individuals and all(obj.colour is not None for obj in individuals):
+            present_colours = sorted({obj.colour for obj in individuals})
             choices += [{"colour": colour} for colour in present_colours]
         query = rng.choice(choices)
-        answer = len(matching(objects, query))
+        answer = len(matching(individuals, query))
         top = max(vocab.max_count, answer + 1, self.MIN_TOP)
         # Distractors are the counts nearest the answer, so the options stay plausible.
         numbers = sorted(range(0, top + 1), key=lambda k: (abs(k - answer), k))
@@ -477,23 +612,31 @@ class Spatial(Family):
     selectors = (("shape",), ("colour", "shape"), ("size", "colour", "shape"))
 
     def answer(self, program, objects):
-        a = matching(objects, _selector(program, "a"))
-        b = matching(objects, _selector(program, "b"))
-        if len(a) != 1 or len(b) != 1:
+        a = referent(objects, _selector(program, "a"))
+        b = referent(objects, _selector(program, "b"))
+        if a is None or b is None:
             return None
-        return relation(a[0], b[0])
+        return relation(a, b)
 
     def text(self, program):
-        return f"Where is the {describe(program['a'])} relative to the {describe(program['b'])}?"
+        a, b = program["a"], program["b"]
+        return f"Where {be(a)} the {describe(a)} relative to the {describe(b)}?"
 
     def statement(self, program, answer):
+        a, b = program["a"], program["b"]
         where = f"to the {answer}" if answer in (LEFT_OF, RIGHT_OF) else answer
-        return f"The {describe(program['a'])} is {where} the {describe(program['b'])}."
+        return f"The {describe(a)} {be(a)} {where} the {describe(b)}."
+
+    def key(self, program):
+        # "Where is A relative to B?" and "Where is B relative to A?" ask one thing: the key is
+        # the unordered pair of selectors, so a conversation asks only one of them.
+        a, b = (json.dumps(_selector(program, side), sort_keys=True) for side in ("a", "b"))
+        return f"{self.name} {json.dumps(sorted([a, b]))}"
 
     def make(self, objects, rng, vocab):
         pairs = []
-        for a in objects:
-            for b in objects:
+        for a in counted(objects):
+            for b in counted(objects):
                 if a is b or relation(a, b) is None:
                     continue
                 sa, sb = unique_selector(a, objects, self.selectors), unique_selector(b, objects, self.selectors)
@@ -538,6 +681,16 @@ def _program_family(program: Mapping[str, Any]) -> Family:
 
 # ---------------------------------------------------------------- programs and questions
 
+def question_key(question: Question) -> str:
+    """What makes two questions about one image the same question: a conversation asks each once.
+
+    The question's text, except where its family says otherwise: a spatial question's key is its
+    unordered pair of objects, so "where is A relative to B" and "where is B relative to A" share one.
+    """
+    family = FAMILY_REGISTRY.get(question.program.get("family"))
+    return family.key(question.program) if family is not None else question.question
+
+
 def answer_program(program: Mapping[str, Any], objects: Sequence[SceneObject]) -> str | None:
     """Re-execute a question program against an image's objects.
 
@@ -556,14 +709,24 @@ def statement(program: Mapping[str, Any], answer: Any) -> str:
     return _program_family(program).statement(program, str(answer).strip())
 
 
+def dataset_vocabulary(objects_by_image: Mapping[str, Sequence[SceneObject]], categories: Sequence[str]
+                       ) -> tuple[list[str], list[str]]:
+    """(colours, shapes) a dataset's questions draw distractors and absent things from: the colours
+    its objects carry (sorted; topped up to four from COLOURS) and its category names."""
+    seen = sorted({obj.colour for objects in objects_by_image.values() for obj in objects if obj.colour})
+    colours = list(dict.fromkeys([*seen, *COLOURS]))[: max(len(seen), 4)]
+    return colours, list(categories)
+
+
 def make_question(family: str, objects: Sequence[SceneObject], rng: random.Random, *,
                   colours: Sequence[str] = COLOURS, shapes: Sequence[str] = SHAPES,
                   max_count: int = 4) -> Question | None:
     """A question of `family` about the scene, or None when that family can't be asked on it.
 
-    `colours` / `shapes` are the vocabularies distractors come from (pass the dataset's
-    category names for real COCO; the scene's own shapes are added); `max_count` bounds
-    the count distractors.
+    `colours` / `shapes` are the vocabularies distractors, existence negatives and the absent
+    categories of count questions come from (pass the dataset's category names for real COCO,
+    in the dataset's order; the scene's own shapes are added); `max_count` bounds the count
+    distractors.
     """
     asked = get_family(family)
     objects = list(objects)
@@ -577,6 +740,9 @@ def vocabulary_texts(colours: Sequence[str] = COLOURS, shapes: Sequence[str] = S
     vocabularies, so a tokenizer trained on a starved seed still knows them all."""
     words = [*colours, *shapes, *(plural(shape) for shape in shapes), *sizes, *RELATIONS, *YES_NO,
              *NUMBER_WORDS, *(str(k) for k in range(max_count + 1)), "object", "objects", "is", "are", "a", "an"]
+    already_plural = [shape for shape in shapes if is_plural_name(shape)]
+    if already_plural:  # their own wording: "Are there skis ...?", "There is 1 pair of skis ..."
+        words += ["Is", "Are", "there", *(singular(shape) for shape in already_plural)]
     vocab = Vocabulary(colours=colours, shapes=shapes, sizes=sizes, max_count=max_count)
     texts = [" ".join(words), CAPTION_QUESTION, *MCQ_SUFFIXES.values()]
     for family in FAMILY_REGISTRY.values():

@@ -8,4 +8,6 @@
 - `answers`: reading a generated answer (letter, option text, yes/no, judge).
 - `metrics`: exact match and CircularEval, which every benchmark gets.
 - `evaluation`: the driver: `evaluate`, `run_benchmark`, `summary`, `format_table`, `badcases`, `publish`.
+- `manifest`: the loop's benchmark, named by the bench stage in data/bench/bench.json and loaded
+  by the evaluate and sample stages (`loop_benchmark`).
 """

@@ -20,19 +20,28 @@ if TYPE_CHECKING:
     from mmloop.config import AnswerFormat, GenerateConfig
     from mmloop.teachers.base import Teacher
 
+    # The pool's annotations: ({image sha256: [questions.SceneObject]}, category names).
+    Annotations = tuple[dict[str, list[Any]], list[str]]
 
-def make_teacher(config: "GenerateConfig", *, answer_format: "AnswerFormat", seed: int, iteration: int | str,
-                 data_root: str | os.PathLike, badcases_path: str | os.PathLike) -> "Teacher":
-    """The teacher params name. `badcases_path` (the previous model's bad cases) is read only by
-    a teacher that shows bad cases in context (openai)."""
-    from mmloop.questions import read_objects
 
-    objects_by_sha = read_objects(config.annotations)
+def make_teacher(config: "GenerateConfig", *, annotations: "Annotations | None", answer_format: "AnswerFormat",
+                 seed: int, iteration: int | str, data_root: str | os.PathLike,
+                 badcases_path: str | os.PathLike) -> "Teacher":
+    """The teacher params name. `annotations`: the pool's ({image sha256: objects}, category
+    names), None for an unlabeled pool (only the openai teacher works without). `badcases_path`
+    (the previous model's bad cases) is read only by a teacher that shows bad cases in context
+    (openai)."""
+    objects_by_sha, categories = annotations if annotations is not None else ({}, [])
     if config.backend == "annotations":
+        from mmloop.questions import dataset_vocabulary
         from mmloop.teachers.annotations import AnnotationTeacher
 
-        return AnnotationTeacher(objects_by_sha, config.format_mix, answer_format=answer_format, seed=seed,
-                                 iteration=iteration)
+        if annotations is None:
+            raise ValueError("generate.backend 'annotations' writes questions from annotations, and the pool has "
+                             "none (pool.kind 'folder'): use an annotated pool or generate.backend 'openai'")
+        colours, shapes = dataset_vocabulary(objects_by_sha, categories)
+        return AnnotationTeacher(objects_by_sha, config.format_mix, colours=colours, shapes=shapes,
+                                 answer_format=answer_format, seed=seed, iteration=iteration)
     from mmloop.schema import read_samples
     from mmloop.teachers.openai_chat import OpenAITeacher
 
@@ -44,15 +53,15 @@ def make_teacher(config: "GenerateConfig", *, answer_format: "AnswerFormat", see
                          data_root=data_root, iteration=iteration)
 
 
-def generate(queries: Sequence[Mapping[str, Any]], config: "GenerateConfig", *, answer_format: "AnswerFormat",
-             seed: int, iteration: int | str, data_root: str | os.PathLike,
+def generate(queries: Sequence[Mapping[str, Any]], config: "GenerateConfig", *, annotations: "Annotations | None",
+             answer_format: "AnswerFormat", seed: int, iteration: int | str, data_root: str | os.PathLike,
              badcases_path: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(rows, metrics) for `queries` from the teacher params name (see teachers.base for the metrics).
 
     Raises llm.CircuitBreakerOpen when the teacher's requests keep failing: nothing to publish.
     """
-    teacher = make_teacher(config, answer_format=answer_format, seed=seed, iteration=iteration,
-                           data_root=data_root, badcases_path=badcases_path)
+    teacher = make_teacher(config, annotations=annotations, answer_format=answer_format, seed=seed,
+                           iteration=iteration, data_root=data_root, badcases_path=badcases_path)
     return teacher.run(queries)
 
 

@@ -281,16 +281,16 @@ def attribute_agreement(records: Sequence[Mapping[str, Any]], anchors: Mapping[s
 
 # ---------------------------------------------------------------- bad case images
 
-def badcase_images(badcases: Sequence[Mapping[str, Any]], *,
-                   bench_tsv: str = "data/bench/bench.tsv", source: str = "badcases") -> dict[str, Any]:
+def badcase_images(badcases: Sequence[Mapping[str, Any]], *, manifest: str = "data/bench/bench.json",
+                   source: str = "badcases") -> dict[str, Any]:
     """{bad case id: image} as a path relative to the data root or, for a bad case whose `image`
-    is null (a benchmark image that is not in the store), a PIL image decoded from the
-    benchmark TSV's base64 column, matched by sha256."""
-    import base64
+    is null (a benchmark image that is not in the store), a PIL image from the loop's benchmark
+    (the file the bench stage's `manifest` names, in any format, loaded by
+    `eval.manifest.loop_benchmark`), matched by `image_sha256`. The benchmark is loaded only
+    when some bad case needs it."""
     import io
-    from PIL import Image
 
-    from mmloop.io import sha256_bytes
+    from PIL import Image
 
     images: dict[str, Any] = {}
     missing: list[Mapping[str, Any]] = []
@@ -303,27 +303,17 @@ def badcase_images(badcases: Sequence[Mapping[str, Any]], *,
             missing.append(case)
     if not missing:
         return images
-    import pandas as pd
+    from mmloop.eval.manifest import loop_benchmark
 
-    try:
-        table = pd.read_csv(bench_tsv, sep="\t", usecols=["index", "image"], dtype=str)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{bench_tsv}: benchmark TSV not found (needed for the images of "
-                                f"{len(missing)} bad case(s) whose 'image' is null)") from None
-    wanted = {case["image_sha256"] for case in missing}
-    decoded: dict[str, bytes] = {}
-    for index, encoded in zip(table["index"], table["image"]):
-        if not isinstance(encoded, str):
-            continue
-        data = base64.b64decode(encoded)
-        digest = sha256_bytes(data)
-        if digest in wanted and digest not in decoded:
-            decoded[digest] = data
+    items, _ = loop_benchmark(manifest)
+    by_sha: dict[str, bytes] = {}
+    for item in items:
+        by_sha.setdefault(item["image_sha256"], item["image"])
     for case in missing:
-        data = decoded.get(case["image_sha256"])
+        data = by_sha.get(case["image_sha256"])
         if data is None:
-            raise ValueError(f"{source}: bad case {case['sample_id']}: no image in {bench_tsv} has "
-                             f"image_sha256 {case['image_sha256']}")
+            raise ValueError(f"{source}: bad case {case['sample_id']}: no image of the loop's benchmark (named in "
+                             f"{manifest}) has image_sha256 {case['image_sha256']}")
         with Image.open(io.BytesIO(data)) as handle:
             images[case["sample_id"]] = handle.convert("RGB")
     return images

@@ -37,35 +37,55 @@ from mmloop.config import BaseConfig, Optimisation, TrainConfig
 
 IGNORE_INDEX = -100
 RUN_KEY_FILE = "mmloop-run.json"
+KEPT_TOKENS = 50_000_000  # token-side values the collator keeps across epochs (int32: 200 MB)
 
 
 class TrainingError(RuntimeError):
     """Training produced nothing to learn from (a non-finite loss, no label tokens)."""
 
 
-def load_images(records: Sequence[Mapping[str, Any]], data_root: str | os.PathLike, *,
-                source: str = "records") -> dict[str, Any]:
-    """{image path: RGB uint8 array} for every distinct image of `records`, each decoded once."""
-    import numpy as np
-    from PIL import Image
+class ImageFiles(Mapping):
+    """{image path: RGB uint8 array} for the images of `records`, decoded when a batch asks for
+    them: a real dataset's images do not fit in memory decoded. Every file is checked to exist up
+    front, so a missing one fails before training starts, naming its record. The `cache` most
+    recently used images stay decoded (the tiny default's whole set fits)."""
 
-    data_root = Path(data_root)
-    cache: dict[str, Any] = {}
-    for record in records:
-        image = record.get("image")
-        if not image:
-            raise ValueError(f"{source}: record {record.get('sample_id')!r}: field 'image' is empty "
-                             f"(training needs an image per sample)")
-        if image in cache:
-            continue
-        path = data_root / image
-        try:
-            with Image.open(path) as handle:
-                cache[image] = np.array(handle.convert("RGB"), dtype=np.uint8)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{source}: record {record.get('sample_id')!r}: field 'image': "
-                                    f"{path} not found") from None
-    return cache
+    def __init__(self, records: Sequence[Mapping[str, Any]], data_root: str | os.PathLike, *,
+                 source: str = "records", cache: int = 8192):
+        import functools
+
+        data_root = Path(data_root)
+        self._paths: dict[str, Path] = {}
+        for record in records:
+            image = record.get("image")
+            if not image:
+                raise ValueError(f"{source}: record {record.get('sample_id')!r}: field 'image' is empty "
+                                 f"(training needs an image per sample)")
+            if image not in self._paths:
+                path = data_root / image
+                if not path.is_file():
+                    raise FileNotFoundError(f"{source}: record {record.get('sample_id')!r}: field 'image': "
+                                            f"{path} not found")
+                self._paths[image] = path
+        self._decode = functools.lru_cache(maxsize=cache)(self._read)
+
+    def _read(self, image: str):
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(self._paths[image]) as handle:
+            return np.array(handle.convert("RGB"), dtype=np.uint8)
+
+    def __getitem__(self, image: str):
+        if image not in self._paths:
+            raise KeyError(image)
+        return self._decode(image)
+
+    def __iter__(self):
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
 
 
 def draw_replay(pool: Sequence[Mapping[str, Any]], new: int, ratio: float, *, seed: int) -> list[Mapping[str, Any]]:
@@ -148,20 +168,49 @@ class Collator:
     """A batch from examples: one processor call on the rendered texts with each example's image
     (a list per prompt), every output it returns kept, then the labels. Never truncates.
     `reply_token_types` (the architecture's): the value per-token outputs take from the first
-    reply token on (PaliGemma's prefix-LM: the suffix attends causally)."""
+    reply token on (PaliGemma's prefix-LM: the suffix attends causally).
+
+    An example's token side (ids with the image tokens expanded, per-token outputs, labels) is the
+    same in every epoch, so it is kept after the first time and later batches run only the image
+    processor on their images: tokenising and placing labels was most of a collation, which is
+    a few percent of a small model's step. The first such batch is checked against the full
+    processor call; a processor whose outputs differ (one that passes the image processor
+    settings of its own) keeps the full call for the rest of training."""
 
     def __init__(self, processor, images: Mapping[str, Any], source: str = "records",
                  reply_token_types: Mapping[str, int] | None = None):
         self.processor, self.images, self.source = processor, images, source
         self.reply_token_types = dict(reply_token_types or {})
+        self.rows: dict[tuple, dict[str, Any]] | None = {}  # example -> its unpadded token-side outputs
+        self.kept_tokens = 0
+        self.image_keys: list[str] = []  # the processor outputs that come from the image processor
+        self.checked = False  # whether a batch from `rows` has matched the full processor call
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        keys = [(example["sample_id"], example["image"], example["text"]) for example in examples]
+        arrays = [self.images[example["image"]] for example in examples]
+        if self.rows is None or not all(key in self.rows for key in keys):
+            batch = self._processed(examples, arrays)
+            if self.rows is not None:
+                self._keep_rows(keys, batch)
+            return batch
+        if self.checked:
+            return {**self._from_rows(keys, arrays), "sample_ids": [example["sample_id"] for example in examples]}
+        full = self._processed(examples, arrays)
+        try:
+            self.checked = _same_batch(self._from_rows(keys, arrays), full)
+        except (KeyError, TypeError, ValueError):  # an image processor that cannot run on its own
+            self.checked = False
+        if not self.checked:
+            self.rows = None
+        return full
+
+    def _processed(self, examples: Sequence[Mapping[str, Any]], arrays: Sequence[Any]) -> dict[str, Any]:
         import torch
 
         from mmloop.models.chat import encode
 
-        batch = encode(self.processor, [example["text"] for example in examples],
-                       [self.images[example["image"]] for example in examples])
+        batch = encode(self.processor, [example["text"] for example in examples], arrays)
         ids, attention = batch["input_ids"], batch["attention_mask"]
         labels = torch.full_like(ids, IGNORE_INDEX)
         for row, example in enumerate(examples):
@@ -174,6 +223,47 @@ class Collator:
         batch["labels"] = labels
         batch["sample_ids"] = [example["sample_id"] for example in examples]
         return batch
+
+    def _keep_rows(self, keys: Sequence[tuple], batch: Mapping[str, Any]) -> None:
+        import torch
+
+        shape = batch["input_ids"].shape
+        names = [name for name, value in batch.items() if getattr(value, "shape", None) == shape]
+        self.image_keys = [name for name in batch if name not in names and name != "sample_ids"]
+        for row, key in enumerate(keys):
+            length = int(batch["attention_mask"][row].sum())
+            if self.kept_tokens + length * len(names) > KEPT_TOKENS:
+                return
+            self.kept_tokens += length * len(names)
+            # int32 halves what is kept; every id, label and mask value fits
+            self.rows[key] = {name: (batch[name][row, :length].to(torch.int32), batch[name].dtype) for name in names}
+
+    def _from_rows(self, keys: Sequence[tuple], arrays: Sequence[Any]) -> dict[str, Any]:
+        """The batch from kept token sides (right-padded as the processor pads) and one
+        image-processor call."""
+        import torch
+
+        rows = [self.rows[key] for key in keys]
+        width = max(len(row["input_ids"][0]) for row in rows)
+        pad = {"input_ids": self.processor.tokenizer.pad_token_id, "labels": IGNORE_INDEX}
+        batch = {}
+        for name, (_, dtype) in rows[0].items():
+            padded = torch.full((len(rows), width), pad.get(name, 0), dtype=dtype)
+            for index, row in enumerate(rows):
+                values = row[name][0]
+                padded[index, :len(values)] = values
+            batch[name] = padded
+        # what the processor keeps of the image processor's outputs (Gemma 3's drops `num_crops`)
+        image_side = self.processor.image_processor(images=[[array] for array in arrays], return_tensors="pt")
+        return {**batch, **{name: image_side[name] for name in self.image_keys}}
+
+
+def _same_batch(batch: Mapping[str, Any], full: Mapping[str, Any]) -> bool:
+    import torch
+
+    tensors = {key for key, value in full.items() if isinstance(value, torch.Tensor)}
+    return tensors == {key for key, value in batch.items() if isinstance(value, torch.Tensor)} and all(
+        batch[key].shape == full[key].shape and torch.equal(batch[key], full[key]) for key in tensors)
 
 
 def _trainer_class():
@@ -278,7 +368,7 @@ def fit(model, processor, records: Sequence[Mapping[str, Any]], settings: Optimi
         raise ValueError(f"{source}: no records to train on")
     quiet_library_progress()
     started = time.perf_counter()
-    images = images if images is not None else load_images(records, data_root, source=source)
+    images = images if images is not None else ImageFiles(records, data_root, source=source)
     examples = encode(processor, records, source)
     encode_s = time.perf_counter() - started
 

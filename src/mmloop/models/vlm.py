@@ -229,16 +229,19 @@ def load(path_or_hub_id: str | os.PathLike, *, trainable: bool = False, dtype: s
     """(model, processor) from a local folder or a hub id, the same way for both; weights in
     `dtype`, moved to `device` (None: left where they load, for the Trainer to place)."""
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     from mmloop.models.architectures import architecture
 
     quiet_library_progress()
     source = str(path_or_hub_id)
-    if _looks_local(source) and not Path(source).is_dir():
-        raise FileNotFoundError(f"{source}: model folder not found")
-    processor = AutoProcessor.from_pretrained(source)
-    model = AutoModelForImageTextToText.from_pretrained(source, dtype=getattr(torch, dtype))
+    check_loadable(source)
+    try:
+        AutoConfig.from_pretrained(source)  # one file first: an unreachable hub id fails after one round of retries
+        processor = AutoProcessor.from_pretrained(source)
+        model = AutoModelForImageTextToText.from_pretrained(source, dtype=getattr(torch, dtype))
+    except OSError as err:  # transformers' and the hub's "not found", "cannot connect", "no such file"
+        raise ModelNotFoundError(_load_failure(source, err)) from None
     architecture(model)  # an unknown family fails here, before any work
     if device is not None:
         model.to(device)
@@ -247,6 +250,35 @@ def load(path_or_hub_id: str | os.PathLike, *, trainable: bool = False, dtype: s
     else:
         model.eval()
     return model, processor
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model path or hub id that cannot be loaded: the message names it and what to do."""
+
+
+# What to pass instead, said once for every way a model can fail to be found.
+MODEL_HINT = ("pass a folder holding a saved model (config.json, the weights and the processor files; "
+              "models/iter=N once the loop has trained it) or a hub id that is reachable or already in the "
+              "Hugging Face cache (offline, set HF_HUB_OFFLINE=1 to use the cache)")
+
+
+def check_loadable(source: str) -> None:
+    """ModelNotFoundError, before any hub access, for a local path that is not a model folder."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        raise ModelNotFoundError(f"{source}: is a file, not a model folder; {MODEL_HINT}")
+    if _looks_local(source) and not path.is_dir():
+        raise ModelNotFoundError(f"{source}: model folder not found; {MODEL_HINT}")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"{source}: this folder holds no saved model (no config.json); {MODEL_HINT}")
+
+
+def _load_failure(source: str, err: OSError) -> str:
+    """One line: which model, why it failed (transformers' first line), what to do."""
+    reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    if Path(source).expanduser().is_dir():
+        return f"{source}: cannot load a model from this folder ({reason}); {MODEL_HINT}"
+    return f"{source}: no such local folder, and not loadable as a hub id ({reason}); {MODEL_HINT}"
 
 
 def _looks_local(source: str) -> bool:

@@ -70,8 +70,12 @@ class AnnotationTeacher(Teacher):
     backend = "annotations"
 
     def __init__(self, objects_by_sha: Mapping[str, Sequence[Any]], format_mix: Mapping[str, float], *,
-                 answer_format: str, seed: int, iteration: int | str) -> None:
+                 colours: Sequence[str], shapes: Sequence[str], answer_format: str, seed: int,
+                 iteration: int | str) -> None:
         self.objects_by_sha = objects_by_sha
+        # The dataset's own words: distractors and absent things to ask about come from them.
+        self.colours, self.shapes = list(colours), list(shapes)
+        self.unaskable: set[str] = set()
         self.format_mix = format_mix
         self.answer_format = answer_format
         self.seed = seed
@@ -91,8 +95,21 @@ class AnnotationTeacher(Teacher):
         """The question programs' answers: a questions.Question, or None when the family cannot be asked."""
         from mmloop import questions
 
-        return [questions.make_question(request.query["category"], self.objects_by_sha[request.query["image_sha256"]],
-                                        request.rng) for request in requests]
+        replies = []
+        for request in requests:
+            category = request.query["category"]
+            if category not in questions.FAMILY_REGISTRY:
+                # A benchmark's own category (MMBench's "attribute_recognition"...) that no question
+                # program asks: skipped, and named in the metrics (`unaskable`).
+                self.unaskable.add(category)
+                replies.append(None)
+                continue
+            replies.append(questions.make_question(category, self.objects_by_sha[request.query["image_sha256"]],
+                                                   request.rng, colours=self.colours, shapes=self.shapes))
+        return replies
+
+    def summary(self) -> dict[str, Any]:
+        return {"unaskable": sorted(self.unaskable)}
 
     def parse(self, request: AnnotationRequest, reply: Any) -> Parsed:
         if reply is None:
