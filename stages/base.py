@@ -23,8 +23,13 @@ LIVE = "metrics/train/live/iter=0"  # DVCLive's step-level loss and learning rat
 INPUTS = (SEED, "data/store")
 
 
+def param_deps(params: config.Params) -> list[str]:
+    """`base.model` when it is a local folder (a hub id is no file DVC can watch)."""
+    return [params.base.model] if params.base.model and Path(params.base.model).is_dir() else []
+
+
 def main() -> None:
-    params = stage.begin("base", PARAMS, preload=["torch", "transformers"])
+    params = stage.begin("base", PARAMS, param_deps=param_deps, preload=["torch", "transformers"])
     settings = params.base
     seed = config.stage_seed(params.seed, "base") % (2**31)
     records = read_samples(SEED)

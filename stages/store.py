@@ -39,7 +39,10 @@ def main() -> None:
         store.write_index()
     summary = store.summary()
     write_json("metrics/store.json", summary)
-    print(f"store: {len(references)} image references -> {summary}")
+    converted = ", ".join(f"{kind} {count}" for kind, count in summary["converted"].items()) or "none"
+    print(f"store: {len(references)} image references, {summary['images']} files, {summary['stored']} stored "
+          f"({summary['linked']} linked, {summary['copied']} copied, {summary['encoded']} re-encoded; "
+          f"converted: {converted})")
 
 
 if __name__ == "__main__":

@@ -223,3 +223,22 @@ def test_param_deps_name_the_files_each_backend_reads():
     teacher = config.parse({"generate": {"backend": "openai", "openai": {"model": "m", "prompt": "prompts/v2.j2"}}})
     assert stage_module.param_deps(teacher) == ["data/world/instances_pool.json", "prompts/v2.j2",
                                                 "data/iter=${item.prev}/eval"]
+
+
+def test_a_benchmark_category_no_program_asks_is_skipped_and_named(tmp_path):
+    path, coco = world(tmp_path)
+    rows = queries(coco, per_image=("colour", "attribute_recognition"))
+    settings = config.GenerateConfig(format_mix={"mcq": 1.0})
+    annotations = (questions.read_objects([path]), [category["name"] for category in coco["categories"]])
+    generated, stats = generation.generate(rows, settings, annotations=annotations, answer_format="letter", seed=0,
+                                           iteration=1, data_root=tmp_path, badcases_path=tmp_path / "absent.parquet")
+    assert stats["unaskable"] == ["attribute_recognition"]
+    assert stats["categories"]["attribute_recognition"]["skipped"] == len(coco["images"])
+    assert generated and {row["category"] for row in generated} == {"colour"}
+
+
+def test_the_annotations_teacher_needs_an_annotated_pool(tmp_path):
+    settings = config.GenerateConfig()
+    with pytest.raises(ValueError, match="pool has none"):
+        generation.make_teacher(settings, annotations=None, answer_format="letter", seed=0, iteration=1,
+                                data_root=tmp_path, badcases_path=tmp_path / "absent.parquet")

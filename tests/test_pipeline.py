@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from checkout import copy_checkout
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Small enough to run in a few minutes on two cores; the same stages and code as the default.
@@ -41,14 +43,7 @@ def _run(args, cwd, env):
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mmloop")
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, files):
-        source = REPO / name
-        if source.is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, root / name)
+    root = copy_checkout(tmp_path_factory.mktemp("mmloop"))
     params = _merge(yaml.safe_load((root / "params.yaml").read_text()), TINY)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", CI="true")

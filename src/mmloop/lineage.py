@@ -1,15 +1,21 @@
-"""Lineage: trace any sample back through queries and bad cases to its images.
+"""Lineage: trace any sample back through queries and bad cases to its images, and each
+stored image back to the user's file(s) it was imported from.
 
 Every stage writes sample-schema parquet under the data root, and every row
 names its parents. DuckDB reads all of them at once (`union_by_name`, so files
 with other columns, such as predictions, simply contribute nulls) and a
-recursive query walks `parent_ids`.
+recursive query walks `parent_ids`. The image store's index (`<data root>/<store>/
+index.parquet`, one row per original file) is joined on `image_sha256`, so a node
+whose image is in the store lists the original file(s) it came from: the chain ends
+at the user's photo, not at a content-addressed name.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from mmloop.store import INDEX_NAME
 
 # The same sample can sit in several files (generated, then kept, then a replay
 # pool); show the row that carries the most: the elimination verdict first.
@@ -36,8 +42,33 @@ def _nodes_sql(data_root: Path) -> str:
     """
 
 
+def _sql_path(path: Path) -> str:
+    return path.as_posix().replace("'", "''")
+
+
+def _originals_sql(data_root: Path) -> str:
+    """{sha256 -> [{original, where, converted}, ...]} from every store index directly under the
+    data root (the `store` stage's `data/store/index.parquet`); an empty relation when there is none."""
+    indexes = sorted(data_root.glob(f"*/{INDEX_NAME}"))
+    if not indexes:
+        return ("SELECT NULL::VARCHAR AS sha256, "
+                "NULL::STRUCT(original VARCHAR, \"where\" VARCHAR, converted VARCHAR)[] AS originals WHERE false")
+    files = ", ".join(f"'{_sql_path(path)}'" for path in indexes)
+    return f"""
+    SELECT sha256, list({{'original': original, 'where': "where", 'converted': converted}}
+                ORDER BY original) AS originals
+    FROM read_parquet([{files}], union_by_name = true)
+    GROUP BY sha256
+    """
+
+
 def trace(sample_id: str, data_root: str | Path = "data") -> list[dict[str, Any]]:
     """The chain from `sample_id` back to its roots, one dict per node with its depth.
+
+    `originals` lists, for a node whose image is in the image store, the files it was
+    imported from (`original`: the path as the store index names it, relative to the
+    repository; `where`: the data-file record that named it; `converted`: what the store
+    did to it, None when the bytes were kept), sorted by path; empty otherwise.
 
     Raises KeyError when no parquet file under `data_root` holds `sample_id`.
     """
@@ -48,6 +79,7 @@ def trace(sample_id: str, data_root: str | Path = "data") -> list[dict[str, Any]
         raise FileNotFoundError(f"{data_root}: no parquet files to trace lineage in (run `dvc repro` first)")
     connection = duckdb.connect()
     connection.execute(f"CREATE TEMP VIEW nodes AS {_nodes_sql(data_root)}")
+    connection.execute(f"CREATE TEMP VIEW originals AS {_originals_sql(data_root)}")
     columns = ", ".join(f"n.{name}" for name in _COLUMNS)
     rows = connection.execute(
         f"""
@@ -61,13 +93,14 @@ def trace(sample_id: str, data_root: str | Path = "data") -> list[dict[str, Any]
           FROM chain c JOIN edges e ON e.child = c.sample_id
           WHERE NOT list_contains(c.path, e.parent)
         )
-        SELECT c.depth, c.via, c.sample_id AS node, {columns}
+        SELECT c.depth, c.via, c.sample_id AS node, {columns}, coalesce(o.originals, []) AS originals
         FROM chain c LEFT JOIN nodes n ON n.sample_id = c.sample_id
+        LEFT JOIN originals o ON o.sha256 = n.image_sha256
         ORDER BY c.depth, c.via, c.sample_id
         """,
         [sample_id, sample_id],
     ).fetchall()
-    names = ["depth", "via", "node", *_COLUMNS]
+    names = ["depth", "via", "node", *_COLUMNS, "originals"]
     chain = [dict(zip(names, row)) for row in rows]
     if not chain or chain[0]["sample_id"] is None:
         raise KeyError(f"{sample_id}: no such sample_id in any parquet file under {data_root}")
@@ -92,10 +125,16 @@ def format_chain(chain: list[dict[str, Any]]) -> str:
             lines.append(f"{indent}    question: {node['question']}{answer}")
         if node["image"] or node["image_sha256"]:
             lines.append(f"{indent}    image: {node['image'] or '(not in the store)'}  sha256 {str(node['image_sha256'])[:12]}")
+        for original in node.get("originals") or []:
+            converted = f"  [converted on import: {original['converted']}]" if original["converted"] else ""
+            named = f"  (named by {original['where']})" if original["where"] else ""
+            lines.append(f"{indent}    from: {original['original']}{converted}{named}")
         provenance = node["provenance"] or {}
         made_by = ", ".join(f"{key}={provenance[key]}" for key in ("backend", "model", "operator", "prompt_id")
                             if provenance.get(key))
         if made_by:
             lines.append(f"{indent}    made by: {made_by}")
+        if provenance.get("source"):  # the data file (and record) it was read from: a benchmark item, a seed record
+            lines.append(f"{indent}    source: {provenance['source']}")
         lines.append(f"{indent}    file: {node['filename']}")
     return "\n".join(lines)

@@ -69,12 +69,15 @@ def validate(records_or_dataframe: Iterable[Mapping[str, Any]] | Any, suite: str
              source: str | os.PathLike, iteration: int | str | None = None,
              data_root: str | os.PathLike = "data") -> None:
     """Run `suite` on the rows; raise ValidationError naming `source`, the failing
-    expectations and the failing rows' ids. Returns None when everything passes."""
+    expectations and the failing rows' ids. Returns None when everything passes, and for no
+    rows (an elimination that rejected nothing), which break no expectation."""
     if suite not in SUITES:
         raise ValueError(f"unknown validation suite {suite!r} (have {', '.join(SUITES)})")
     source = str(source)
-    _quiet_great_expectations()  # before great_expectations is first imported: it logs on import
     frame = _to_frame(records_or_dataframe)
+    if frame.empty:
+        return
+    _quiet_great_expectations()  # before great_expectations is first imported: it logs on import
     if suite == "predictions":
         id_column = "item"
         frame, expectations = _prediction_checks(frame, source, iteration)
