@@ -512,3 +512,22 @@ def test_coco_pool(project):
 def test_curation_needs_the_store(project):
     with pytest.raises(FileNotFoundError, match=r"data/store/index\.parquet: image store index not found"):
         curation.curate(config.parse(settings(COCO_SOURCE)).curate, answer_format="letter", seed=0, data_root="data")
+
+
+def test_two_files_sharing_an_image_id_keep_their_own_objects(project):
+    """Image id 1 of two COCO files names two different photos: each keeps its own objects."""
+    other = "data/coco/other.json"
+    picture(project / "data/images/rocket.png", colour=(9, 9, 9))
+    write(other, {"images": [{"id": 1, "file_name": "images/rocket.png", "width": 64, "height": 48}],
+                  "categories": [{"id": 1, "name": "rocket"}],
+                  "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [20, 5, 8, 30], "iscrowd": 0}]})
+    params = config.parse(settings(COCO_SOURCE, {"kind": "coco", "instances": other}))
+    index = build_store(params)
+    first, second = (sources.read_coco(source, "data", index) for source in params.curate.sources)
+    assert [obj.shape for obj in first.images[0].objects] == ["dog", "cat"]
+    assert [obj.shape for obj in second.images[0].objects] == ["rocket"]
+    assert first.images[0].stored.sha256 != second.images[0].stored.sha256
+    rows, _ = run_stage(settings(COCO_SOURCE, {"kind": "coco", "instances": other}))
+    rocket = [row for row in rows if row["image_sha256"] == second.images[0].stored.sha256]
+    assert rocket and "dog" not in json.dumps(rocket[0]["conversations"]) and "cat" not in json.dumps(
+        rocket[0]["conversations"])
