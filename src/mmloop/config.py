@@ -30,8 +30,9 @@ EvalMode = Literal["loglik", "generate"]
 RoundSource = Literal["same_image", "generic"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
-ANSWER_FORMATS, STRATEGIES, EVAL_MODES, ROUND_SOURCES, DEVICES, DTYPES = (
-    get_args(choice) for choice in (AnswerFormat, Strategy, EvalMode, RoundSource, Device, Dtype))
+Unusable = Literal["error", "skip"]  # what curate does with a record it can ask nothing about
+ANSWER_FORMATS, STRATEGIES, EVAL_MODES, ROUND_SOURCES, DEVICES, DTYPES, UNUSABLE = (
+    get_args(choice) for choice in (AnswerFormat, Strategy, EvalMode, RoundSource, Device, Dtype, Unusable))
 
 
 class Section(BaseModel):
@@ -115,7 +116,7 @@ class CurateConfig(Section):
         min_length=1)
     # A record with nothing usable (an image without annotations or captions): "skip" counts it in
     # metrics/curate.json, "error" stops the stage naming it.
-    unusable: Literal["error", "skip"] = "skip"
+    unusable: Unusable = "skip"
     max_text_chars: int = Field(4000, ge=1)  # longest caption or conversation turn accepted
     turns_per_image: int = Field(6, ge=1)
     caption_turns: int = Field(1, ge=0)  # caption turns per image, each a different caption (COCO has five)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmloop.config import CocoSource, LlavaSource, PoolConfig
+from mmloop.config import UNUSABLE, CocoSource, LlavaSource, PoolConfig
 from mmloop.questions import SceneObject
 from mmloop.store import StoredImage, StoreIndex, inside
 
@@ -50,7 +50,6 @@ BBOX_TOLERANCE = 1.0
 NO_CONTENT = "no annotations or captions"
 SAME_IMAGE = "same image as an earlier record"
 DUPLICATE_RECORD = "same conversation as an earlier record of the image"
-UNUSABLE = ("skip", "error")
 LLAVA_FROM = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 SHAREGPT_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
 
