@@ -11,7 +11,7 @@ Field meanings:
 - iteration: the loop iteration that made the row (0 = seed and base model).
 - origin: see ORIGINS.
 - image / image_sha256: path relative to the data root of the content-addressed
-  image store (`store/ab/abcd...png`; the embedded world's own `images/ab/...`), and the sha256 of its bytes.
+  image store (`store/ab/abcd...png`), and the sha256 of its bytes.
 - conversations: `{role, content}` turns, role in ROLES. The image belongs to the
   first user turn; contents carry no image placeholder tokens.
 - category / format / question / options / answer: what the sample asks. `answer`
