@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -126,7 +127,7 @@ def test_wrong_answer_is_rejected_as_answer_mismatch(tmp_path):
     from test_generation import run
 
     (rows, _), path = run(tmp_path)
-    objects = questions.read_objects([path])
+    objects = questions.objects_by_image(json.loads(path.read_text()))
     victim = dict(rows[0])
     options = list(victim["options"]) or ["not the answer"]
     victim["answer"] = next(option for option in options + ["not the answer"] if option != victim["answer"])

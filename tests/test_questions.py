@@ -184,18 +184,6 @@ def test_objects_by_image_errors_name_file_record_and_field(changes, message):
         questions.objects_by_image(coco(**changes), source="inst.json")
 
 
-def test_read_objects_merges_files_and_names_the_bad_one(tmp_path):
-    first, second = tmp_path / "a.json", tmp_path / "b.json"
-    first.write_text(json.dumps(coco()))
-    second.write_text(json.dumps(coco(images=[{"id": 1, "sha256": "bb"}])))
-    objects = questions.read_objects([first, second])
-    assert set(objects) == {"aa", "2", "bb"} and objects["aa"] == objects["bb"]
-    assert questions.read_objects(str(first)) == questions.objects_by_image(coco())
-    second.write_text(json.dumps(coco(categories=[])))
-    with pytest.raises(ValueError, match=r"b\.json: annotations\[0\] \(id 5\): category_id 7 is not in"):
-        questions.read_objects([first, second])
-
-
 # ---------------------------------------------------------------- real COCO category names
 
 # inflect's plurals; names already plural keep their form and take plural agreement.

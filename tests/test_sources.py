@@ -150,7 +150,7 @@ def annotation(index, **fields):
      r"^data/coco/instances\.json: images\[1\] \(id 1\): field 'id' repeats the id of images\[0\]; image ids "
      r"must be unique$"),
     (lambda value: value["categories"][1].update(id=1),
-     r"categories\[1\] \(id 1\): field 'id' repeats the id of categories\[0\]"),
+     r"categories\[1\] \(id 1\): field 'id' repeats the id of categories\[0\]; category ids must be unique$"),
     (lambda value: value["images"][0].update(width=640, height=480),
      r"^data/coco/instances\.json: images\[0\] \(id 1\): fields 'width' x 'height' declare 640x480, but the "
      r"image file 'images/a\.png' is 64x48$"),

@@ -31,7 +31,6 @@ import abc
 import dataclasses
 import functools
 import json
-import os
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -141,19 +140,6 @@ def objects_by_image(coco: Mapping[str, Any], source: str = "instances") -> dict
         result[key_of[annotation["image_id"]]].append(
             _scene_object(annotation, names[annotation["category_id"]], position, where))
     return result
-
-
-def read_objects(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> dict[str, list[SceneObject]]:
-    """`objects_by_image` of one or more COCO instances files, merged (a later file wins for
-    an image key two files share). Errors name the file."""
-    from mmloop.io import read_json
-
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    objects: dict[str, list[SceneObject]] = {}
-    for path in paths:
-        objects.update(objects_by_image(read_json(path), source=str(path)))
-    return objects
 
 
 def _category_names(categories: Sequence[Mapping[str, Any]], source: str) -> dict[Any, str]:

@@ -289,21 +289,28 @@ def _record_object(record: Any, where: str) -> Mapping[str, Any]:
     return record
 
 
+def _unique_record(record: Any, position: int, where: str, first: dict[Any, int], kind: str,
+                   noun: str) -> tuple[Mapping[str, Any], str]:
+    """(the record, where it is, with its id) of a `kind` ("images", "categories") entry whose id
+    must be an integer or a string that no earlier entry (`first`: id -> position) has."""
+    record = _record_object(record, where)
+    if "id" not in record:
+        raise ValueError(f"{where} has no 'id' field")
+    if not _is_id(record["id"]):
+        raise ValueError(f"{where}: field 'id' must be an integer or a string, got {_short(record['id'])}")
+    where = f"{where} (id {record['id']!r})"
+    if record["id"] in first:
+        raise ValueError(f"{where}: field 'id' repeats the id of {kind}[{first[record['id']]}]; "
+                         f"{noun} ids must be unique")
+    first[record["id"]] = position
+    return record, where
+
+
 def _coco_image_records(coco: Mapping[str, Any], path: str) -> list[_ImageRecord]:
     records: list[_ImageRecord] = []
     first: dict[Any, int] = {}
     for position, image in enumerate(coco["images"]):
-        where = f"{path}: images[{position}]"
-        image = _record_object(image, where)
-        if "id" not in image:
-            raise ValueError(f"{where} has no 'id' field")
-        if not _is_id(image["id"]):
-            raise ValueError(f"{where}: field 'id' must be an integer or a string, got {_short(image['id'])}")
-        where = f"{where} (id {image['id']!r})"
-        if image["id"] in first:
-            raise ValueError(f"{where}: field 'id' repeats the id of images[{first[image['id']]}]; "
-                             f"image ids must be unique")
-        first[image["id"]] = position
+        image, where = _unique_record(image, position, f"{path}: images[{position}]", first, "images", "image")
         name = image.get("file_name")
         if not isinstance(name, str) or not name:
             raise ValueError(f"{where}: field 'file_name' must be a non-empty path, got {_short(name)}")
@@ -324,15 +331,8 @@ def _categories(coco: Mapping[str, Any], path: str) -> dict[Any, str]:
     names: dict[Any, str] = {}
     first: dict[Any, int] = {}
     for position, category in enumerate(coco["categories"]):
-        where = f"{path}: categories[{position}]"
-        category = _record_object(category, where)
-        if "id" not in category or not _is_id(category["id"]):
-            raise ValueError(f"{where}: field 'id' must be an integer or a string, got {_short(category.get('id'))}")
-        where = f"{where} (id {category['id']!r})"
-        if category["id"] in first:
-            raise ValueError(f"{where}: field 'id' repeats the id of categories[{first[category['id']]}]; "
-                             f"category ids must be unique")
-        first[category["id"]] = position
+        category, where = _unique_record(category, position, f"{path}: categories[{position}]", first, "categories",
+                                         "category")
         name = category.get("name")
         if not isinstance(name, str) or not visible(name):
             raise ValueError(f"{where}: field 'name' must be a non-empty string, got {_short(name)}")

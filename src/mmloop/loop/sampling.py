@@ -229,19 +229,6 @@ def summarise(rates, weights, allocation, slots: Sequence[Slot], picks, config: 
 
 # ---------------------------------------------------------------- do neighbours look like the anchor?
 
-def load_pool(path: str, instances: Mapping[str, Any]) -> list[dict[str, str]]:
-    """One {image, image_sha256} entry per image of the pool's COCO instances."""
-    pool = []
-    for position, image in enumerate(instances.get("images", [])):
-        for field in ("file_name", "sha256"):
-            if not image.get(field):
-                raise ValueError(f"{path}: images[{position}] (id {image.get('id')}) has no {field!r}")
-        pool.append({"image": image["file_name"], "image_sha256": image["sha256"]})
-    if not pool:
-        raise ValueError(f"{path}: the unlabeled pool has no images")
-    return pool
-
-
 def objects_by_sha(instances: Mapping[str, Any], source: str = "instances"
                    ) -> dict[str, list[tuple[str | None, str]]]:
     """COCO instances -> {image key: [(colour, shape name), ...]} (colour None without attributes):

@@ -184,6 +184,7 @@ class Collator:
         self.rows: dict[tuple, dict[str, Any]] | None = {}  # example -> its unpadded token-side outputs
         self.kept_tokens = 0
         self.image_keys: list[str] = []  # the processor outputs that come from the image processor
+        self.token_dtypes: dict[str, Any] = {}  # the per-token outputs kept in `rows`, and their dtypes
         self.checked = False  # whether a batch from `rows` has matched the full processor call
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -230,13 +231,14 @@ class Collator:
         shape = batch["input_ids"].shape
         names = [name for name, value in batch.items() if getattr(value, "shape", None) == shape]
         self.image_keys = [name for name in batch if name not in names and name != "sample_ids"]
+        self.token_dtypes = {name: batch[name].dtype for name in names}
         for row, key in enumerate(keys):
             length = int(batch["attention_mask"][row].sum())
             if self.kept_tokens + length * len(names) > KEPT_TOKENS:
                 return
             self.kept_tokens += length * len(names)
             # int32 halves what is kept; every id, label and mask value fits
-            self.rows[key] = {name: (batch[name][row, :length].to(torch.int32), batch[name].dtype) for name in names}
+            self.rows[key] = {name: batch[name][row, :length].to(torch.int32) for name in names}
 
     def _from_rows(self, keys: Sequence[tuple], arrays: Sequence[Any]) -> dict[str, Any]:
         """The batch from kept token sides (right-padded as the processor pads) and one
@@ -244,14 +246,13 @@ class Collator:
         import torch
 
         rows = [self.rows[key] for key in keys]
-        width = max(len(row["input_ids"][0]) for row in rows)
+        width = max(len(row["input_ids"]) for row in rows)
         pad = {"input_ids": self.processor.tokenizer.pad_token_id, "labels": IGNORE_INDEX}
         batch = {}
-        for name, (_, dtype) in rows[0].items():
+        for name, dtype in self.token_dtypes.items():
             padded = torch.full((len(rows), width), pad.get(name, 0), dtype=dtype)
             for index, row in enumerate(rows):
-                values = row[name][0]
-                padded[index, :len(values)] = values
+                padded[index, :len(row[name])] = row[name]
             batch[name] = padded
         # what the processor keeps of the image processor's outputs (Gemma 3's drops `num_crops`)
         image_side = self.processor.image_processor(images=[[array] for array in arrays], return_tensors="pt")
