@@ -110,13 +110,13 @@ def seed_records(count: int) -> tuple[list[dict], Path] | None:
 
 def world_records(count: int, root: Path) -> tuple[list[dict], Path]:
     """A small world in `root`, each image's questions of every family as one conversation."""
-    from mmloop import questions
+    from mmloop import questions, sources
     from mmloop.io import read_json
     from mmloop.world import scenes as world
 
     world.build(world.WorldConfig(splits={"seed": count}), 0, root / "images", root / "world")
     coco = read_json(root / "world" / "instances_seed.json")
-    objects = questions.objects_by_image(coco)
+    objects = sources.coco_objects(coco)
     rng = random.Random(0)
     records = []
     for image in coco["images"]:

@@ -137,7 +137,7 @@ def test_turns_formats_and_captions(curated):
 
 def test_answers_re_execute(curated):
     rows, _, instances_dict, _ = curated
-    objects = questions.objects_by_image(instances_dict)
+    objects = sources.coco_objects(instances_dict)
     checked = 0
     for row in rows:
         scene = objects[row["image_sha256"]]

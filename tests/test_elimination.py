@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from mmloop import questions, schema
+from mmloop import schema, sources
 from mmloop.config import EliminateConfig
 from mmloop.loop import elimination
 from mmloop.loop.elimination import eliminate
@@ -127,7 +127,7 @@ def test_wrong_answer_is_rejected_as_answer_mismatch(tmp_path):
     from test_generation import run
 
     (rows, _), path = run(tmp_path)
-    objects = questions.objects_by_image(json.loads(path.read_text()))
+    objects = sources.coco_objects(json.loads(path.read_text()))
     victim = dict(rows[0])
     options = list(victim["options"]) or ["not the answer"]
     victim["answer"] = next(option for option in options + ["not the answer"] if option != victim["answer"])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmloop import config, questions, schema
+from mmloop import config, schema, sources
 from mmloop.loop import elimination, generation
 from mmloop.store import ImageStore
 from mmloop.teachers import annotations
@@ -79,7 +79,7 @@ def queries(coco, per_image=None):
 def run(tmp_path, format_mix=None):
     path, coco = world(tmp_path)
     settings = config.GenerateConfig(format_mix=format_mix or {"mcq": 0.75, "short": 0.25})
-    annotations = (questions.objects_by_image(json.loads(path.read_text())), [category["name"] for category in coco["categories"]])
+    annotations = (sources.coco_objects(json.loads(path.read_text())), [category["name"] for category in coco["categories"]])
     return generation.generate(queries(coco), settings, annotations=annotations, answer_format="letter",
                                seed=config.stage_seed(3, "generate", 1),
                                iteration=1, data_root=tmp_path, badcases_path=tmp_path / "absent.parquet"), path
@@ -96,7 +96,7 @@ def test_generation_is_deterministic_valid_and_verifies(tmp_path):
     assert outcomes["parse_failed"] == outcomes["request_failed"] == 0
     assert sum(entry["queries"] for entry in stats["categories"].values()) == 36
     validate(rows, "samples", source="generated.parquet", iteration=1, data_root=tmp_path)
-    objects = questions.objects_by_image(json.loads(path.read_text()))
+    objects = sources.coco_objects(json.loads(path.read_text()))
     for row in rows:
         assert row["origin"] == "generated" and row["provenance"]["backend"] == "annotations"
         assert row["provenance"]["prompt_id"] == f"annotations/{row['category']}"
@@ -229,7 +229,7 @@ def test_a_benchmark_category_no_program_asks_is_skipped_and_named(tmp_path):
     path, coco = world(tmp_path)
     rows = queries(coco, per_image=("colour", "attribute_recognition"))
     settings = config.GenerateConfig(format_mix={"mcq": 1.0})
-    annotations = (questions.objects_by_image(json.loads(path.read_text())), [category["name"] for category in coco["categories"]])
+    annotations = (sources.coco_objects(json.loads(path.read_text())), [category["name"] for category in coco["categories"]])
     generated, stats = generation.generate(rows, settings, annotations=annotations, answer_format="letter", seed=0,
                                            iteration=1, data_root=tmp_path, badcases_path=tmp_path / "absent.parquet")
     assert stats["unaskable"] == ["attribute_recognition"]

@@ -153,37 +153,6 @@ def test_unknown_family_to_make_and_bad_selectors_are_clear_errors():
         questions.answer_program({"family": "count", "query": {"hue": "red"}}, scene())
 
 
-def coco(**changes):
-    instances = {"images": [{"id": 1, "sha256": "aa"}, {"id": 2}],
-                 "categories": [{"id": 7, "name": "circle"}],
-                 "annotations": [{"id": 5, "image_id": 1, "category_id": 7, "bbox": [0, 0, 4, 4],
-                                  "attributes": {"colour": "red", "size": "small", "row": 0, "col": 0}}]}
-    instances.update(changes)
-    return instances
-
-
-def test_objects_by_image_keys_by_sha256_else_id():
-    objects = questions.objects_by_image(coco())
-    assert objects == {"aa": [questions.SceneObject(5, "circle", (0.0, 0.0, 4.0, 4.0), "red", "small", 0, 0)],
-                       "2": []}
-    assert [questions.image_key(image) for image in coco()["images"]] == ["aa", "2"]
-
-
-@pytest.mark.parametrize("changes, message", [
-    ({"categories": None}, r"inst\.json: COCO instances has no 'categories' list"),
-    ({"images": [{"sha256": "aa"}]}, r"inst\.json: images\[0\] has no 'id' field"),
-    ({"annotations": [{"id": 5, "image_id": 1, "bbox": [0, 0, 4, 4]}]},
-     r"inst\.json: annotations\[0\] \(id 5\) has no 'category_id' field"),
-    ({"annotations": [{"id": 5, "image_id": 9, "category_id": 7, "bbox": [0, 0, 4, 4]}]},
-     r"annotations\[0\] \(id 5\): image_id 9 is not in 'images'"),
-    ({"annotations": [{"id": 5, "image_id": 1, "category_id": 7, "bbox": [0, 0, 4]}]},
-     r"annotations\[0\] \(id 5\): 'bbox' must be \[x, y, w, h\]"),
-])
-def test_objects_by_image_errors_name_file_record_and_field(changes, message):
-    with pytest.raises(ValueError, match=message):
-        questions.objects_by_image(coco(**changes), source="inst.json")
-
-
 # ---------------------------------------------------------------- real COCO category names
 
 # inflect's plurals; names already plural keep their form and take plural agreement.

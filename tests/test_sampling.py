@@ -148,14 +148,15 @@ def test_attribute_agreement_counts_shared_objects():
 
 
 def test_objects_by_sha_reads_colour_and_shape_through_the_coco_reader():
-    instances = {"images": [{"id": 1, "sha256": "p1"}, {"id": 2, "sha256": "p2"}],
+    instances = {"images": [{"id": 1, "file_name": "a.png", "sha256": "p1"},
+                            {"id": 2, "file_name": "b.png", "sha256": "p2"}],
                  "categories": [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}],
                  "annotations": [{"id": 1, "image_id": 1, "category_id": 2, "bbox": [0, 0, 8, 8],
                                   "attributes": {"colour": "red"}},
                                  {"id": 2, "image_id": 1, "category_id": 1, "bbox": [8, 8, 8, 8]}]}
     assert sampling.objects_by_sha(instances) == {"p1": [("red", "square"), (None, "circle")], "p2": []}
     instances["annotations"][1]["category_id"] = 3
-    with pytest.raises(ValueError, match=r"pool\.json: annotations\[1\] \(id 2\): category_id 3 is not in"):
+    with pytest.raises(ValueError, match=r"pool\.json: annotations\[1\] \(id 2\): field 'category_id' 3 is not the id of a "):
         sampling.objects_by_sha(instances, source="pool.json")
 
 

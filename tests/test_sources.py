@@ -531,3 +531,37 @@ def test_two_files_sharing_an_image_id_keep_their_own_objects(project):
     rocket = [row for row in rows if row["image_sha256"] == second.images[0].stored.sha256]
     assert rocket and "dog" not in json.dumps(rocket[0]["conversations"]) and "cat" not in json.dumps(
         rocket[0]["conversations"])
+
+
+def world_coco(**changes):
+    instances = {"images": [{"id": 1, "file_name": "images/aa.png", "sha256": "aa", "width": 64, "height": 64},
+                            {"id": 2, "file_name": "images/b.png"}],
+                 "categories": [{"id": 7, "name": "circle"}],
+                 "annotations": [{"id": 5, "image_id": 1, "category_id": 7, "bbox": [0, 0, 4, 4],
+                                  "attributes": {"colour": "red", "size": "small", "row": 0, "col": 0}}]}
+    instances.update(changes)
+    return instances
+
+
+def test_coco_objects_key_by_sha256_else_id():
+    objects = sources.coco_objects(world_coco())
+    assert objects == {"aa": [questions.SceneObject(5, "circle", (0.0, 0.0, 4.0, 4.0), "red", "small", 0, 0)],
+                       "2": []}
+    assert [sources.image_key(image) for image in world_coco()["images"]] == ["aa", "2"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"categories": None}, r"^inst\.json: field 'categories': expected a list"),
+    ({"images": [{"sha256": "aa"}]}, r"^inst\.json: images\[0\] has no 'id' field$"),
+    ({"annotations": [{"id": 5, "image_id": 1, "bbox": [0, 0, 4, 4]}]},
+     r"^inst\.json: annotations\[0\] \(id 5\) has no 'category_id' field$"),
+    ({"annotations": [{"id": 5, "image_id": 9, "category_id": 7, "bbox": [0, 0, 4, 4]}]},
+     r"annotations\[0\] \(id 5\): field 'image_id' 9 is not the id of an image in 'images'$"),
+    ({"annotations": [{"id": 5, "image_id": 1, "category_id": 7, "bbox": [0, 0, 4]}]},
+     r"annotations\[0\] \(id 5\): field 'bbox' must be 4 numbers"),
+    ({"annotations": [{"id": 5, "image_id": 1, "category_id": 7, "bbox": [62, 0, 4, 4]}]},
+     r"annotations\[0\] \(id 5\): field 'bbox' \[62, 0, 4, 4\] lies outside the image \(images\[0\] declares"),
+])
+def test_coco_objects_errors_name_file_record_and_field(changes, message):
+    with pytest.raises(ValueError, match=message):
+        sources.coco_objects(world_coco(**changes), source="inst.json")

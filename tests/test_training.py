@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from mmloop import questions
+from mmloop import questions, sources
 from mmloop.config import BaseConfig
 from mmloop.loop import training
 from mmloop.models import vlm
@@ -21,7 +21,7 @@ def data(tmp_path_factory):
     from mmloop.io import read_json
 
     coco = read_json(root / "world" / "instances_seed.json")
-    objects = questions.objects_by_image(coco)
+    objects = sources.coco_objects(coco)
     rng = random.Random(0)
     records = []
     for image in coco["images"]:

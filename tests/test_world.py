@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from mmloop import config, questions
+from mmloop import config, questions, sources
 from mmloop.io import sha256_file
 from mmloop.world import scenes as world
 
@@ -57,7 +57,7 @@ def test_build_writes_content_addressed_images_and_coco(tmp_path):
         path = tmp_path / image["file_name"]
         assert image["file_name"] == world.image_path(image["sha256"])
         assert sha256_file(path) == image["sha256"]
-    objects = questions.objects_by_image(instances)
+    objects = sources.coco_objects(instances)
     first = instances["images"][0]
     assert len(objects[first["sha256"]]) == sum(a["image_id"] == first["id"] for a in instances["annotations"])
     caption = next(c["caption"] for c in captions["annotations"] if c["image_id"] == first["id"])

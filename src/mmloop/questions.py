@@ -1,6 +1,6 @@
 """Question families over scene annotations, and the programs that verify their answers.
 
-Every question is built from objects read out of COCO instances (`objects_by_image`):
+Every question is built from objects read out of COCO instances (by `mmloop.sources`):
 category name = shape, bbox for geometry, and, in the procedural world, attributes
 colour / size / row / col. existence, count and spatial need only category + bbox, so
 they work on real COCO; colour, shape and size need the attributes and are skipped
@@ -110,69 +110,6 @@ class Vocabulary:
     def example_selector(self) -> dict[str, str]:
         """An object named by every attribute, for example questions."""
         return {"size": self.sizes[0], "colour": self.colours[0], "shape": self.shapes[0]}
-
-
-# ---------------------------------------------------------------- reading annotations
-
-def objects_by_image(coco: Mapping[str, Any], source: str = "instances") -> dict[str, list[SceneObject]]:
-    """{image key: [SceneObject, ...]} from a COCO instances dict: the one reader of COCO instances.
-
-    The key is the image's `sha256` (so records, which carry `image_sha256`, find their
-    objects); images without a sha256 (plain COCO) are keyed by `str(id)`. Every image is
-    present, with an empty list when it has no annotations. Errors name `source`, the
-    record and the field.
-    """
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(coco.get(key), list):
-            raise ValueError(f"{source}: COCO instances has no {key!r} list")
-    names = _category_names(coco["categories"], source)
-    key_of = _image_keys(coco["images"], source)
-    result: dict[str, list[SceneObject]] = {key: [] for key in key_of.values()}
-    for position, annotation in enumerate(coco["annotations"]):
-        where = f"{source}: annotations[{position}] (id {annotation.get('id')})"
-        for field in ("image_id", "category_id", "bbox"):
-            if field not in annotation:
-                raise ValueError(f"{where} has no {field!r} field")
-        if annotation["image_id"] not in key_of:
-            raise ValueError(f"{where}: image_id {annotation['image_id']!r} is not in 'images'")
-        if annotation["category_id"] not in names:
-            raise ValueError(f"{where}: category_id {annotation['category_id']!r} is not in 'categories'")
-        result[key_of[annotation["image_id"]]].append(
-            _scene_object(annotation, names[annotation["category_id"]], position, where))
-    return result
-
-
-def _category_names(categories: Sequence[Mapping[str, Any]], source: str) -> dict[Any, str]:
-    names: dict[Any, str] = {}
-    for position, category in enumerate(categories):
-        if "id" not in category or "name" not in category:
-            raise ValueError(f"{source}: categories[{position}] needs 'id' and 'name'")
-        names[category["id"]] = str(category["name"])
-    return names
-
-
-def image_key(image: Mapping[str, Any]) -> str:
-    """How `objects_by_image` keys a COCO image: its sha256 or, without one, its id as text."""
-    return str(image.get("sha256") or image["id"])
-
-
-def _image_keys(images: Sequence[Mapping[str, Any]], source: str) -> dict[Any, str]:
-    key_of: dict[Any, str] = {}
-    for position, image in enumerate(images):
-        if "id" not in image:
-            raise ValueError(f"{source}: images[{position}] has no 'id' field")
-        key_of[image["id"]] = image_key(image)
-    return key_of
-
-
-def _scene_object(annotation: Mapping[str, Any], shape: str, position: int, where: str) -> SceneObject:
-    bbox = annotation["bbox"]
-    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-        raise ValueError(f"{where}: 'bbox' must be [x, y, w, h], got {bbox!r}")
-    attributes = annotation.get("attributes") or {}
-    return SceneObject(id=int(annotation.get("id", position)), shape=shape, bbox=tuple(float(v) for v in bbox),
-                       colour=attributes.get("colour"), size=attributes.get("size"),
-                       row=attributes.get("row"), col=attributes.get("col"))
 
 
 # ---------------------------------------------------------------- describing objects

@@ -30,7 +30,7 @@ import math
 import os
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,7 +205,7 @@ def image_references(source: CocoSource | LlavaSource | PoolConfig, data_root: s
         path = str(source.instances)
         root = source.image_folder or data_root
         return [ImageRef(inside(root, record.file_name, record.image_where), record.image_where)
-                for record in _coco_image_records(_coco_file(path), path)]
+                for record in _coco_image_records(_coco_shape(read_json_file(path), path), path)]
     records = expect_list(read_json_file(source.path), source.path)
     refs = []
     for index, record in enumerate(records):
@@ -273,9 +273,8 @@ class _ImageRecord:
         return f"{self.where}: field 'file_name'"
 
 
-def _coco_file(path: str) -> Mapping[str, Any]:
-    coco = expect_object(read_json_file(path), path,
-                         "a COCO instances object with 'images', 'annotations' and 'categories' lists")
+def _coco_shape(coco: Any, path: str) -> Mapping[str, Any]:
+    coco = expect_object(coco, path, "a COCO instances object with 'images', 'annotations' and 'categories' lists")
     for key in ("images", "annotations", "categories"):
         if key not in coco:
             raise ValueError(f"{path}: COCO instances has no {key!r} list")
@@ -384,24 +383,17 @@ def _stored(record: _ImageRecord, root: str | os.PathLike, index: StoreIndex) ->
     return stored
 
 
-def read_coco(source: CocoSource | PoolConfig, data_root: str | os.PathLike, index: StoreIndex, *,
-              max_text_chars: int | None = None, unusable: str | None = None) -> CocoData:
-    """The images of a COCO instances file (+ the source's captions file), checked.
+def _declared_size(record: _ImageRecord) -> list[tuple[float, float, str]]:
+    if record.width is None or record.height is None:
+        return []
+    return [(record.width, record.height, f"images[{record.position}] declares")]
 
-    Each image is found in the store by its `file_name` under the source's `image_folder`
-    (default: `data_root`). `unusable` ("skip" or "error", params `curate.unusable`) decides
-    what happens to an image with no annotation and no caption; None keeps it (the pool).
-    A second record of an image already read (the same stored sha256) is skipped and counted."""
-    if unusable is not None and unusable not in UNUSABLE:
-        raise ValueError(f"unusable must be one of {', '.join(UNUSABLE)}, got {unusable!r}")
-    path = str(source.instances)
-    coco = _coco_file(path)
-    records = _coco_image_records(coco, path)
-    names = _categories(coco, path)
+
+def _objects(coco: Mapping[str, Any], path: str, records: Sequence[_ImageRecord], names: Mapping[Any, str],
+             sizes: Callable[[_ImageRecord], list[tuple[float, float, str]]]) -> dict[Any, list[SceneObject]]:
+    """{image id: [SceneObject, ...]} of every image (an empty list without annotations), each
+    annotation checked; a box must lie inside each of `sizes(record)`."""
     by_id = {record.id: record for record in records}
-    root = source.image_folder or data_root
-    stored = {record.id: _stored(record, root, index) for record in records}
-
     objects: dict[Any, list[SceneObject]] = {record.id: [] for record in records}
     for position, annotation in enumerate(coco["annotations"]):
         where = f"{path}: annotations[{position}]"
@@ -416,11 +408,49 @@ def read_coco(source: CocoSource | PoolConfig, data_root: str | os.PathLike, ind
         if not _is_id(annotation["category_id"]) or annotation["category_id"] not in names:
             raise ValueError(f"{where}: field 'category_id' {annotation['category_id']!r} is not the id of a "
                              f"category in 'categories'")
-        record, image = by_id[image_id], stored[image_id]
-        sizes = [(image.width, image.height, "image file")]
-        if record.width is not None and record.height is not None:
-            sizes.insert(0, (record.width, record.height, f"images[{record.position}] declares"))
-        objects[image_id].append(_scene_object(annotation, position, where, names[annotation["category_id"]], sizes))
+        objects[image_id].append(_scene_object(annotation, position, where, names[annotation["category_id"]],
+                                               sizes(by_id[image_id])))
+    return objects
+
+
+def image_key(image: Mapping[str, Any]) -> str:
+    """How `coco_objects` keys an image: its `sha256` or, without one, its id as text."""
+    return str(image.get("sha256") or image["id"])
+
+
+def coco_objects(coco: Mapping[str, Any], source: str = "instances") -> dict[str, list[SceneObject]]:
+    """{image key: [SceneObject, ...]} of a COCO instances dict whose images are not looked up in
+    the store: the embedded world's own files, which name each image's sha256 (so rows, which
+    carry `image_sha256`, find their objects). Checked as `read_coco` checks, boxes against the
+    declared sizes. Errors name `source`, the record and the field."""
+    coco = _coco_shape(coco, source)
+    records = _coco_image_records(coco, source)
+    objects = _objects(coco, source, records, _categories(coco, source), _declared_size)
+    return {image_key(image): objects[image["id"]] for image in coco["images"]}
+
+
+def read_coco(source: CocoSource | PoolConfig, data_root: str | os.PathLike, index: StoreIndex, *,
+              max_text_chars: int | None = None, unusable: str | None = None) -> CocoData:
+    """The images of a COCO instances file (+ the source's captions file), checked.
+
+    Each image is found in the store by its `file_name` under the source's `image_folder`
+    (default: `data_root`). `unusable` ("skip" or "error", params `curate.unusable`) decides
+    what happens to an image with no annotation and no caption; None keeps it (the pool).
+    A second record of an image already read (the same stored sha256) is skipped and counted."""
+    if unusable is not None and unusable not in UNUSABLE:
+        raise ValueError(f"unusable must be one of {', '.join(UNUSABLE)}, got {unusable!r}")
+    path = str(source.instances)
+    coco = _coco_shape(read_json_file(path), path)
+    records = _coco_image_records(coco, path)
+    names = _categories(coco, path)
+    root = source.image_folder or data_root
+    stored = {record.id: _stored(record, root, index) for record in records}
+
+    def sizes(record: _ImageRecord) -> list[tuple[float, float, str]]:
+        image = stored[record.id]
+        return [*_declared_size(record), (image.width, image.height, "image file")]
+
+    objects = _objects(coco, path, records, names, sizes)
 
     captions_file = getattr(source, "captions", None)
     captions = (_captions(str(captions_file), records, max_text_chars) if captions_file else {})

@@ -232,11 +232,11 @@ def summarise(rates, weights, allocation, slots: Sequence[Slot], picks, config: 
 def objects_by_sha(instances: Mapping[str, Any], source: str = "instances"
                    ) -> dict[str, list[tuple[str | None, str]]]:
     """COCO instances -> {image key: [(colour, shape name), ...]} (colour None without attributes):
-    what `attribute_agreement` compares. Keys and errors are `questions.objects_by_image`'s."""
-    from mmloop.questions import objects_by_image
+    what `attribute_agreement` compares. Keys and errors are `sources.coco_objects`'."""
+    from mmloop.sources import coco_objects
 
     return {key: [(obj.colour, obj.shape) for obj in objects]
-            for key, objects in objects_by_image(instances, source=source).items()}
+            for key, objects in coco_objects(instances, source=source).items()}
 
 
 def attribute_agreement(records: Sequence[Mapping[str, Any]], anchors: Mapping[str, Mapping[str, Any]],

@@ -22,8 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mmloop.questions import (COLOURS, FAMILIES, SHAPES, Question, image_key, l2_category, make_question,
-                              objects_by_image)
+from mmloop.questions import COLOURS, FAMILIES, SHAPES, Question, l2_category, make_question
+from mmloop.sources import coco_objects, image_key
 from mmloop.schema import letter
 
 # Passes over a family's shuffled images before giving up on finding enough distinct questions.
@@ -44,7 +44,7 @@ def make_items(instances: Mapping[str, Any], items_per_family: int, seed: int, *
     """
     if int(items_per_family) < 1:
         raise ValueError(f"bench: items_per_family must be >= 1, got {items_per_family}")
-    objects = objects_by_image(instances, source=source)
+    objects = coco_objects(instances, source=source)
     files = _image_files(instances, source)
     vocabulary = {"colours": colours, "shapes": shapes, "max_count": max_count}
     encoded: dict[str, str] = {}
@@ -95,7 +95,7 @@ def mmbench_row(index: int, question: str, options: Sequence[str], answer: str, 
 
 
 def _image_files(instances: Mapping[str, Any], source: str) -> dict[str, str]:
-    """{objects_by_image key: file_name}."""
+    """{coco_objects key: file_name}."""
     files = {}
     for position, image in enumerate(instances["images"]):
         if not image.get("file_name"):
