@@ -81,6 +81,18 @@ WORDING = [
      "How many green objects are there?", "There are no green objects in the image."),
     ({"family": "spatial", "a": {"shape": "square"}, "b": {"colour": "red"}}, "right of",
      "Where is the square relative to the red object?", "The square is to the right of the red object."),
+    ({"family": "comparison", "a": {"shape": "circle"}, "b": {"shape": "square"}}, "yes",
+     "Are there more circles than squares?", "Yes, there are more circles than squares."),
+    ({"family": "comparison", "a": {"colour": "red", "shape": "circle"}, "b": {"shape": "square"}}, "no",
+     "Are there more red circles than squares?", "No, there are not more red circles than squares."),
+    ({"family": "multihop", "attribute": "colour", "relation": "left of", "anchor": {"shape": "square"}}, "red",
+     "What colour is the object to the left of the square?", "The object to the left of the square is red."),
+    ({"family": "multihop", "attribute": "shape", "relation": "above", "anchor": {"colour": "blue", "shape": "circle"}},
+     "circle", "What is the object above the blue circle?", "The object above the blue circle is a circle."),
+    ({"family": "multihop", "attribute": "size", "relation": "right of",
+      "anchor": {"size": "large", "colour": "red", "shape": "circle"}}, "small",
+     "What size is the object to the right of the large red circle?",
+     "The object to the right of the large red circle is small."),
 ]
 
 
@@ -92,12 +104,22 @@ def test_each_family_words_its_question_and_statement(program, answer, text, sen
 
 
 def test_families_and_l2_categories_come_from_the_registry():
-    assert questions.FAMILIES == ("colour", "shape", "size", "existence", "count", "spatial")
+    # the first six keep their order: programs, seeds and benchmarks name them
+    assert questions.FAMILIES == ("colour", "shape", "size", "existence", "count", "spatial", "comparison",
+                                  "multihop")
     assert questions.FAMILIES == tuple(questions.FAMILY_REGISTRY)
     assert all(isinstance(family, questions.Family) and family.name == name
                for name, family in questions.FAMILY_REGISTRY.items())
     assert questions.L2_CATEGORY == {"colour": "attribute", "shape": "attribute", "size": "attribute",
-                                     "existence": "instance", "count": "instance", "spatial": "relation"}
+                                     "existence": "instance", "count": "instance", "spatial": "relation",
+                                     "comparison": "instance", "multihop": "relation"}
+    # the compositional families take two steps from what is seen to the answer
+    assert {name: family.reasoning_steps for name, family in questions.FAMILY_REGISTRY.items()} == {
+        "colour": 1, "shape": 1, "size": 1, "existence": 1, "count": 1, "spatial": 1, "comparison": 2,
+        "multihop": 2}
+    # each registered family says so itself rather than inheriting Family's default
+    assert all(any("reasoning_steps" in vars(cls) for cls in type(family).__mro__ if cls is not questions.Family)
+               for family in questions.FAMILY_REGISTRY.values())
     assert questions.l2_category("ocr") == "ocr"
     with pytest.raises(ValueError, match="'colour' is registered twice"):
         questions.register(type(questions.get_family("colour")))
@@ -140,7 +162,8 @@ def test_a_new_family_is_one_class(monkeypatch):
 ])
 def test_unknown_family_in_a_program_names_the_program_and_the_known_families(call):
     with pytest.raises(ValueError, match=r"question program \{'family': 'hue'.*unknown question family 'hue' "
-                                         r"\(known: colour, shape, size, existence, count, spatial\)"):
+                                         r"\(known: colour, shape, size, existence, count, spatial, comparison, "
+                                         r"multihop\)"):
         call()
 
 
@@ -417,3 +440,175 @@ def test_world_count_questions_on_a_single_shape_scene_ask_one_absent_shape():
                            "How many triangles are there?"}
     zeros = shares["How many squares are there?"] + shares["How many triangles are there?"]
     assert 0.2 < zeros < 0.3, shares
+
+
+# ---------------------------------------------------------------- compositional families
+
+def test_comparison_counts_both_sides_and_compares():
+    objects = scene()  # a large red circle, a small orange square, a small blue circle
+    def ask(a, b):
+        return questions.answer_program({"family": "comparison", "a": a, "b": b}, objects)
+
+    assert ask({"shape": "circle"}, {"shape": "square"}) == "yes"  # 2 > 1
+    assert ask({"shape": "square"}, {"shape": "circle"}) == "no"  # 1 < 2
+    assert ask({"colour": "red"}, {"colour": "blue"}) == "no"  # a tie is not "more"
+    assert ask({"size": "small"}, {"size": "large"}) == "yes"
+    assert ask({"shape": "square"}, {"shape": "triangle"}) == "yes"  # 1 > 0
+    assert ask({"colour": "green"}, {"shape": "triangle"}) == "no"  # 0, 0: asked never, still answered
+
+
+def test_comparison_with_a_crowd_on_either_side_has_no_answer():
+    objects = [*sheep_and_a_crowd(), box(60, "cup", (300, 0, 10, 10)), box(61, "cup", (330, 0, 10, 10))]
+    def ask(a, b):
+        return questions.answer_program({"family": "comparison", "a": {"shape": a}, "b": {"shape": b}}, objects)
+
+    assert ask("cup", "dog") == "yes"
+    assert ask("dog", "cup") == "no"
+    # a crowd region is an unknown number of sheep or people
+    assert ask("sheep", "dog") is None and ask("dog", "sheep") is None
+    assert ask("person", "cup") is None and ask("cup", "person") is None
+    rng = random.Random(8)
+    for _ in range(200):
+        made = questions.make_question("comparison", objects, rng, shapes=["person", "dog", "sheep", "cup", "cat"])
+        assert made is not None and made.answer == questions.answer_program(made.program, objects)
+        assert {made.program["a"]["shape"], made.program["b"]["shape"]} <= {"dog", "cup", "cat"}
+
+
+def test_comparison_reads_with_real_category_names():
+    program = {"family": "comparison", "a": {"shape": "person"}, "b": {"shape": "cup"}}
+    assert questions.question_text(program) == "Are there more people than cups?"
+    assert questions.statement(program, "yes") == "Yes, there are more people than cups."
+    assert questions.statement(program, "no") == "No, there are not more people than cups."
+    skis = {"family": "comparison", "a": {"shape": "skis"}, "b": {"shape": "knife"}}
+    assert questions.question_text(skis) == "Are there more skis than knives?"
+    assert questions.statement(skis, "no") == "No, there are not more skis than knives."
+    objects = [box(1, "skis", (0, 0, 10, 10)), box(2, "skis", (20, 0, 10, 10)), box(3, "knife", (40, 0, 10, 10))]
+    assert questions.answer_program(skis, objects) == "yes"  # two pairs of skis, one knife
+
+
+def test_comparison_questions_are_informative_balanced_and_mostly_about_things_on_the_image():
+    from mmloop.world import scenes as world
+
+    config = world.WorldConfig(splits={"seed": 300, "pool": 1, "bench": 1})
+    rng = random.Random(9)
+    answers, both_on_image = [], 0
+    for scene in world.generate(config, seed=12)["seed"]:
+        objects = [SceneObject(id=i, shape=o["shape"], bbox=world.bbox(o, config), colour=o["colour"],
+                               size=o["size"], row=o["row"], col=o["col"]) for i, o in enumerate(scene)]
+        made = questions.make_question("comparison", objects, rng)
+        assert made is not None and made.options in (("yes", "no"), ("no", "yes"))
+        assert made.answer == questions.answer_program(made.program, objects)
+        a, b = made.program["a"], made.program["b"]
+        # two different things, neither a part of the other, at least one of them on the image
+        assert not a.items() <= b.items() and not b.items() <= a.items()
+        on_image = [bool(questions.matching(objects, side)) for side in (a, b)]
+        assert any(on_image)
+        both_on_image += all(on_image)
+        answers.append(made.answer)
+    assert 0.4 < answers.count("yes") / len(answers) < 0.6
+    assert both_on_image / len(answers) > 0.7
+
+
+def skis_person_cup():
+    """COCO-like: skis, a person and a cup in a row; a crowd of people below; a bench above the person."""
+    return [box(1, "skis", (0, 100, 20, 20)), box(2, "person", (50, 100, 20, 40)), box(3, "cup", (100, 110, 10, 10)),
+            box(4, "bench", (45, 0, 30, 20)), box(5, "person", (0, 300, 200, 60), crowd=True)]
+
+
+def test_multihop_on_real_category_names():
+    objects = skis_person_cup()
+    program = {"family": "multihop", "attribute": "shape", "relation": "left of", "anchor": {"shape": "cup"}}
+    # the person, and further along the skis, lie to the cup's left: which one?
+    assert questions.answer_program(program, objects) is None
+    program["anchor"] = {"shape": "bench"}
+    program["relation"] = "below"
+    # below the bench: the person, and the crowd of people further down: a crowd makes it ambiguous
+    assert questions.answer_program(program, objects) is None
+    program = {"family": "multihop", "attribute": "shape", "relation": "above", "anchor": {"shape": "cup"}}
+    assert questions.answer_program(program, objects) == "bench"  # up and a little left: more up than left
+    assert questions.answer_program({**program, "relation": "right of"}, objects) is None  # nothing there
+    program = {"family": "multihop", "attribute": "shape", "relation": "right of", "anchor": {"shape": "skis"}}
+    assert questions.answer_program(program, objects) is None  # the person and the cup
+    lone = [box(1, "skis", (0, 100, 20, 20)), box(2, "person", (50, 100, 20, 40)), box(4, "umbrella", (45, 0, 30, 20))]
+    left = {"family": "multihop", "attribute": "shape", "relation": "left of", "anchor": {"shape": "person"}}
+    assert questions.answer_program(left, lone) == "skis"
+    assert questions.question_text(left) == "What is the object to the left of the person?"
+    assert questions.statement(left, "skis") == "The object to the left of the person is a pair of skis."
+    right = {"family": "multihop", "attribute": "shape", "relation": "right of", "anchor": {"shape": "skis"}}
+    assert questions.answer_program(right, lone) == "person"
+    assert questions.question_text(right) == "What is the object to the right of the skis?"
+    assert questions.statement(right, "person") == "The object to the right of the skis is a person."
+    above = {"family": "multihop", "attribute": "shape", "relation": "above", "anchor": {"shape": "person"}}
+    assert questions.statement(above, questions.answer_program(above, lone)) == \
+        "The object above the person is an umbrella."
+    # real COCO has no colour: no colour question has an answer, and none is made
+    assert questions.answer_program({**left, "attribute": "colour"}, lone) is None
+    rng = random.Random(10)
+    for _ in range(100):
+        made = questions.make_question("multihop", lone, rng, shapes=COCO_40)
+        assert made.program["attribute"] == "shape" and made.answer in made.options
+        assert made.answer == questions.answer_program(made.program, lone)
+        assert set(made.options) <= set(COCO_40) and len(made.options) == 3
+
+
+def test_multihop_refuses_every_ambiguous_reading():
+    def at(id, shape, colour, col, row, size="small"):
+        return SceneObject(id, shape, (col * 16 + 4.0, row * 16 + 4.0, 8.0, 8.0), colour, size, row, col)
+
+    def ask(objects, where, anchor, attribute="colour"):
+        program = {"family": "multihop", "attribute": attribute, "relation": where, "anchor": anchor}
+        return questions.answer_program(program, objects)
+
+    anchor = at(1, "circle", "red", 2, 1)
+    one = [anchor, at(2, "square", "blue", 0, 1)]
+    assert ask(one, "left of", {"shape": "circle"}) == "blue"
+    assert ask(one, "left of", {"shape": "circle"}, "shape") == "square"
+    assert ask(one, "left of", {"shape": "circle"}, "size") == "small"
+    assert ask(one, "right of", {"shape": "circle"}) is None  # nothing there
+    # two objects to the left: which one?
+    assert ask([*one, at(3, "triangle", "green", 1, 1)], "left of", {"shape": "circle"}) is None
+    # a near-diagonal object (3 cells across, 2 down) is not "left of" by `relation`, yet leans left
+    assert ask([at(1, "circle", "red", 3, 0), at(2, "square", "blue", 0, 0), at(3, "triangle", "green", 0, 2)],
+               "left of", {"shape": "circle"}) is None
+    # a plain diagonal neighbour leans neither way and leaves the answer alone
+    assert ask([*one, at(3, "triangle", "green", 1, 2)], "left of", {"shape": "circle"}) == "blue"
+    # an anchor the selector does not name alone
+    assert ask([*one, at(3, "circle", "green", 3, 3)], "left of", {"shape": "circle"}) is None
+    assert ask([*one, at(3, "circle", "green", 3, 3)], "left of", {"colour": "red", "shape": "circle"}) == "blue"
+    # an anchor that is a crowd region, or a crowd region where the answer would be
+    crowd = SceneObject(4, "triangle", (0.0, 12.0, 12.0, 12.0), "green", crowd=True)
+    assert ask([*one, crowd], "left of", {"shape": "circle"}) is None
+    assert ask([anchor, crowd], "left of", {"shape": "circle"}) is None
+    assert ask([anchor, crowd, at(2, "square", "blue", 3, 1)], "right of", {"shape": "triangle"}) is None
+
+
+def test_multihop_programs_are_checked():
+    program = {"family": "multihop", "attribute": "hue", "relation": "left of", "anchor": {"shape": "circle"}}
+    with pytest.raises(ValueError, match=r"'attribute' must be one of colour, shape, size, got 'hue'"):
+        questions.answer_program(program, scene())
+    with pytest.raises(ValueError, match=r"'relation' must be one of left of, right of, above, below, got 'near'"):
+        questions.question_text({**program, "attribute": "colour", "relation": "near"})
+    with pytest.raises(ValueError, match=r"'anchor' must be an object selector"):
+        questions.answer_program({"family": "multihop", "attribute": "size", "relation": "above"}, scene())
+
+
+def test_multihop_questions_on_the_world_reexecute_and_draw_options_from_the_vocabulary():
+    from mmloop.world import scenes as world
+
+    config = world.WorldConfig(splits={"seed": 200, "pool": 1, "bench": 1})
+    rng = random.Random(13)
+    asked = {"colour": 0, "shape": 0, "size": 0}
+    for scene_objects in world.generate(config, seed=13)["seed"]:
+        objects = [SceneObject(id=i, shape=o["shape"], bbox=world.bbox(o, config), colour=o["colour"],
+                               size=o["size"], row=o["row"], col=o["col"]) for i, o in enumerate(scene_objects)]
+        made = questions.make_question("multihop", objects, rng)
+        if made is None:
+            continue
+        attribute = made.program["attribute"]
+        asked[attribute] += 1
+        assert made.answer == questions.answer_program(made.program, objects)
+        assert made.statement == questions.statement(made.program, made.answer)
+        vocabulary = {"colour": questions.COLOURS, "shape": questions.SHAPES, "size": questions.SIZES}[attribute]
+        assert made.answer in made.options and set(made.options) <= set(vocabulary)
+        assert len(made.options) == {"colour": 4, "shape": 3, "size": 2}[attribute]
+    assert sum(asked.values()) > 100 and min(asked.values()) > 25, asked

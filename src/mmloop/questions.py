@@ -2,9 +2,15 @@
 
 Every question is built from objects read out of COCO instances (by `mmloop.sources`):
 category name = shape, bbox for geometry, and, in the procedural world, attributes
-colour / size / row / col. existence, count and spatial need only category + bbox, so
-they work on real COCO; colour, shape and size need the attributes and are skipped
-(`make_question` returns None) where they are absent.
+colour / size / row / col. existence, count, spatial and comparison need only category + bbox,
+so they work on real COCO; colour, shape and size need the attributes and are skipped
+(`make_question` returns None) where they are absent; multihop asks the category ("What is the
+object to the left of the person?") where there are no colours or sizes.
+
+Two families compose two steps between what is seen and the answer (`Family.reasoning_steps`):
+comparison ("Are there more red circles than squares?": two counts, compared) and multihop
+("What colour is the object to the left of the red circle?": a relation picks out an object,
+then its attribute is read).
 
 Each question carries a `program`: a small JSON-able dict that `answer_program` re-executes
 against an image's annotations. The eliminate stage uses it to verify generated answers,
@@ -286,6 +292,11 @@ class Family(abc.ABC):
 
     name: ClassVar[str]
     l2_category: ClassVar[str]  # MMBench's l2-category (its "category" column is the family itself)
+    # How many steps lie between what is seen and the answer: 1 for a family that reads one thing
+    # off the image (an attribute, a count, a relation), 2 for one that composes two (a comparison
+    # of two counts, an attribute of the object a relation picks out). Part of a question's
+    # structural difficulty.
+    reasoning_steps: ClassVar[int] = 1
 
     @abc.abstractmethod
     def answer(self, program: Mapping[str, Any], objects: Sequence[SceneObject]) -> str | None:
@@ -338,6 +349,7 @@ class AttributeFamily(Family):
     """Asks for one attribute (named like the family) of an object that other attributes name."""
 
     l2_category = "attribute"
+    reasoning_steps = 1
     # How the target may be named, tried in order: the first naming it alone is used.
     selectors: ClassVar[tuple[tuple[str, ...], ...]]
     option_count: ClassVar[int]
@@ -412,6 +424,7 @@ class Size(AttributeFamily):
 class Existence(Family):
     name = "existence"
     l2_category = "instance"
+    reasoning_steps = 1
     # Without colours, an absent category is a plausible "no" when the dataset's vocabulary lists
     # it within this many places of a present one: COCO lists its categories grouped by
     # supercategory (vehicles, animals, kitchenware, ...), so "fork" beside a present "knife" is a
@@ -479,6 +492,7 @@ class Existence(Family):
 class Count(Family):
     name = "count"
     l2_category = "instance"
+    reasoning_steps = 1
     # Options are the answer and the counts nearest it, at least 0..MIN_TOP.
     MIN_TOP = 3
     OPTION_COUNT = 4
@@ -532,6 +546,7 @@ class Count(Family):
 class Spatial(Family):
     name = "spatial"
     l2_category = "relation"
+    reasoning_steps = 1
     selectors = (("shape",), ("colour", "shape"), ("size", "colour", "shape"))
 
     def answer(self, program, objects):
@@ -575,6 +590,199 @@ class Spatial(Family):
         selector = vocab.example_selector()
         program = {"family": self.name, "a": selector, "b": selector}
         return [(program, LEFT_OF), (program, ABOVE)]
+
+
+@register
+class Comparison(Family):
+    """"Are there more red circles than squares?": two counts and a comparison of them.
+
+    Program `{"family": "comparison", "a": selector, "b": selector}`, answered "yes" when more
+    objects match `a` than `b` (a tie is "no"). A crowd region matching either side is an unknown
+    number of objects, so the comparison has no answer there.
+    """
+
+    name = "comparison"
+    # Its premises are two counts of instances, and MMBench files comparing instances under
+    # (cross-instance) perception: grouped with count and existence, the skills it builds on,
+    # rather than with spatial, with which it shares no skill.
+    l2_category = "instance"
+    reasoning_steps = 2
+
+    def answer(self, program, objects):
+        a, b = _selector(program, "a"), _selector(program, "b")
+        if any(obj.crowd and (obj.matches(a) or obj.matches(b)) for obj in objects):
+            return None
+        individuals = counted(objects)
+        return YES if len(matching(individuals, a)) > len(matching(individuals, b)) else NO
+
+    def text(self, program):
+        return f"Are there more {describe_plural(program['a'])} than {describe_plural(program['b'])}?"
+
+    def statement(self, program, answer):
+        more = f"more {describe_plural(program['a'])} than {describe_plural(program['b'])}"
+        return f"Yes, there are {more}." if answer.lower() == YES else f"No, there are not {more}."
+
+    def make(self, objects, rng, vocab):
+        individuals = counted(objects)
+        coloured = bool(individuals) and all(obj.colour is not None for obj in individuals)
+        universe = [{"shape": shape} for shape in vocab.shapes]
+        if coloured:
+            universe += [{"colour": colour} for colour in vocab.colours]
+            universe += [{"colour": colour, "shape": shape} for colour in vocab.colours for shape in vocab.shapes]
+        present: list[dict[str, Any]] = []
+        for obj in individuals:
+            for keys in (("shape",), ("colour",), ("colour", "shape")) if coloured else (("shape",),):
+                selector = {key: getattr(obj, key) for key in keys}
+                if selector not in present:
+                    present.append(selector)
+        # Absent things (matching no object, crowds included) as in count: at most as many as are
+        # present, so that most comparisons are between things on the image.
+        absent = [selector for selector in universe if not matching(objects, selector)]
+        if len(absent) > len(present):
+            absent = rng.sample(absent, len(present))
+        # {(answer, both on the image): [(a, b), ...]}
+        pairs: dict[tuple[str, bool], list[tuple[dict[str, Any], dict[str, Any]]]] = {
+            (answer, both): [] for answer in YES_NO for both in (True, False)}
+        # Each side's count, or None where a crowd region makes it unknown (as in `answer`).
+        sides = [(selector, None if any(obj.crowd and obj.matches(selector) for obj in objects)
+                  else len(matching(individuals, selector))) for selector in [*present, *absent]]
+        for a, count_a in sides:
+            for b, count_b in sides:
+                # Different, and neither a part of the other ("more red circles than circles");
+                # informative: at least one of the two on the image.
+                if (a.items() <= b.items() or b.items() <= a.items() or count_a is None or count_b is None
+                        or not count_a and not count_b):
+                    continue
+                pairs[YES if count_a > count_b else NO, bool(count_a and count_b)].append((a, b))
+        # "yes" and "no" equally often, and two things on the image wherever the scene has a pair
+        # with the drawn answer: with one of them absent the question is only an existence question.
+        want = YES if rng.random() < 0.5 else NO
+        other = NO if want == YES else YES
+        chosen = pairs[want, True] or pairs[want, False] or pairs[other, True] or pairs[other, False]
+        if not chosen:
+            return None
+        a, b = rng.choice(chosen)
+        options = _options(self.answer({"a": a, "b": b}, objects), YES_NO, 2, rng)
+        return self.question({"family": self.name, "a": a, "b": b}, options, objects)
+
+    def examples(self, vocab):
+        program = {"family": self.name, "a": vocab.example_selector(), "b": {"shape": vocab.shapes[-1]}}
+        return [(program, YES), (program, NO)]
+
+
+# How a relation reads before the object it relates to ("the object to the left of the red circle").
+RELATION_PHRASES = {LEFT_OF: "to the left of", RIGHT_OF: "to the right of", ABOVE: "above", BELOW: "below"}
+
+
+def _leans(obj: SceneObject, anchor: SceneObject, where: str) -> bool:
+    """Whether `obj` lies, loosely, in direction `where` of `anchor`: boxes apart and the offset
+    along that direction larger than the offset across it. Every object `relation` puts there
+    leans there; so do the near-diagonal ones `relation` refuses, which a reader might still
+    count as "the object to the left"."""
+    if overlap(obj, anchor):
+        return False
+    (ox, oy), (ax, ay) = obj.centre, anchor.centre
+    dx, dy = ox - ax, oy - ay
+    along, across = {LEFT_OF: (-dx, dy), RIGHT_OF: (dx, dy), ABOVE: (-dy, dx), BELOW: (dy, dx)}[where]
+    return along > abs(across)
+
+
+@register
+class Multihop(Family):
+    """"What colour is the object to the left of the red circle?": an attribute of the object a
+    relation to a named anchor picks out.
+
+    Program `{"family": "multihop", "attribute": "colour" | "shape" | "size", "relation": one of
+    RELATIONS, "anchor": selector}`. Answered only when the anchor names one object and exactly one
+    object stands in the relation to it (`relation`), with no other object, crowd regions included,
+    even leaning that way (`_leans`): otherwise "the object to the left" is ambiguous. A shape
+    question reads "What is the object ...?", which also fits real COCO, where the shape is the
+    category ("What is the object to the left of the person?" "The object ... is a dog.").
+    """
+
+    name = "multihop"
+    # MMBench's relation reasoning: the question is answered through a spatial relation between
+    # two objects, and what it adds to spatial (reading the related object's attribute) is the
+    # second step, not a different skill.
+    l2_category = "relation"
+    reasoning_steps = 2
+    attributes = ("colour", "shape", "size")
+    anchors = (("shape",), ("colour", "shape"), ("size", "colour", "shape"))
+
+    def answer(self, program, objects):
+        attribute, where = self._attribute(program), self._relation(program)
+        target = self.target(objects, _selector(program, "anchor"), where)
+        return None if target is None else getattr(target, attribute)
+
+    @staticmethod
+    def target(objects: Sequence[SceneObject], anchor: Mapping[str, Any], where: str) -> SceneObject | None:
+        """The one object in relation `where` to the one object `anchor` names, or None."""
+        found = referent(objects, anchor)
+        if found is None:
+            return None
+        leaning = [obj for obj in objects if obj is not found and _leans(obj, found, where)]
+        if len(leaning) != 1 or leaning[0].crowd or relation(leaning[0], found) != where:
+            return None
+        return leaning[0]
+
+    def _attribute(self, program: Mapping[str, Any]) -> str:
+        attribute = program.get("attribute")
+        if attribute not in self.attributes:
+            raise ValueError(f"question program {program!r}: 'attribute' must be one of "
+                             f"{', '.join(self.attributes)}, got {attribute!r}")
+        return attribute
+
+    @staticmethod
+    def _relation(program: Mapping[str, Any]) -> str:
+        where = program.get("relation")
+        if where not in RELATIONS:
+            raise ValueError(f"question program {program!r}: 'relation' must be one of "
+                             f"{', '.join(RELATIONS)}, got {where!r}")
+        return where
+
+    def _object(self, program: Mapping[str, Any]) -> str:
+        anchor = program["anchor"]
+        return f"the object {RELATION_PHRASES[self._relation(program)]} the {describe(anchor)}"
+
+    def text(self, program):
+        attribute = self._attribute(program)
+        if attribute == "shape":
+            return f"What is {self._object(program)}?"
+        return f"What {attribute} is {self._object(program)}?"
+
+    def statement(self, program, answer):
+        if self._attribute(program) == "shape":
+            answer = article(singular(answer))  # "a dog", "an umbrella", "a pair of skis"
+        subject = self._object(program)
+        return f"{subject[0].upper()}{subject[1:]} is {answer}."
+
+    def make(self, objects, rng, vocab):
+        found = []
+        for anchor in counted(objects):
+            selector = unique_selector(anchor, objects, self.anchors)
+            if selector is None:
+                continue
+            for where in RELATIONS:
+                target = self.target(objects, selector, where)
+                if target is not None:
+                    found += [(attribute, where, selector) for attribute in self.attributes
+                              if getattr(target, attribute) is not None]
+        if not found:
+            return None
+        attribute, where, selector = rng.choice(found)
+        program = {"family": self.name, "attribute": attribute, "relation": where, "anchor": selector}
+        # Options as the attribute's own family draws them: its vocabulary, values seen first.
+        asks = FAMILY_REGISTRY[attribute]
+        seen = [getattr(obj, attribute) for obj in objects if getattr(obj, attribute) is not None]
+        options = _options(self.answer(program, objects), asks.candidates(vocab), asks.option_count, rng,
+                           preferred=seen)
+        return self.question(program, options, objects)
+
+    def examples(self, vocab):
+        anchor = vocab.example_selector()
+        answers = {"colour": vocab.colours[0], "shape": vocab.shapes[0], "size": vocab.sizes[0]}
+        return [({"family": self.name, "attribute": attribute, "relation": where, "anchor": anchor}, answers[attribute])
+                for attribute, where in zip((*self.attributes, self.attributes[0]), RELATIONS)]
 
 
 FAMILIES = tuple(FAMILY_REGISTRY)
