@@ -1,4 +1,4 @@
-"""eliminate ITER: verdicts on data/iter=ITER/generated.parquet -> kept.parquet, rejected.parquet."""
+"""eliminate ITER: verdicts on data/iter=ITER/evolved.parquet (the generated rows after evolution) -> kept.parquet, rejected.parquet."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ DATA_ROOT = Path("data")
 
 
 def inputs(iteration: str) -> list[str]:
-    return [f"data/iter={iteration}/generated.parquet", "data/store", "models/clip"]
+    return [f"data/iter={iteration}/evolved.parquet", "data/store", "models/clip"]
 
 
 def param_deps(params: config.Params) -> list[str]:
@@ -34,7 +34,7 @@ def main(argv: list[str]) -> None:
     params = stage.begin(f"eliminate@{iteration}", PARAMS, param_deps=param_deps,
                          preload=["open_clip", "sentence_transformers", "great_expectations"])
     folder = DATA_ROOT / f"iter={iteration}"
-    rows = read_samples(folder / "generated.parquet")
+    rows = read_samples(folder / "evolved.parquet")
     # An unlabeled pool has no annotations: nothing to re-execute answers against.
     objects_by_sha = (sources.pool_annotations(params.pool, DATA_ROOT, read_index(DATA_ROOT))[0]
                       if params.pool.kind == "coco" else {})

@@ -6,7 +6,8 @@ import pytest
 from mmloop import questions, schema
 from mmloop.loop import evolution
 from mmloop.loop.elimination import verify_answer
-from mmloop.loop.evolution import INTERACTION, OPERATORS, PERCEPTION, REASONING, difficulty, evolve, evolve_row, judge
+from mmloop.loop.evolution import (INTERACTION, OPERATORS, PERCEPTION, REASONING, AnnotationEvolver, difficulty,
+                                   evolve, evolve_row, judge)
 from mmloop.questions import SceneObject, Vocabulary
 from mmloop.teachers.annotations import question_row
 
@@ -339,10 +340,11 @@ def test_judge_needs_strictly_more_difficulty():
 # ---------------------------------------------------------------- the rounds
 
 def run(rows=None, **changes):
-    settings = dict(rounds=3, operator_weights={"perception": 1, "reasoning": 1, "interaction": 1}, seed=7,
-                    iteration=2)
+    settings = dict(rounds=3, operator_weights={"perception": 1, "reasoning": 1, "interaction": 1}, seed=7)
+    evolver = AnnotationEvolver(SCENES, vocabulary=changes.pop("vocabulary", None),
+                                answer_format=changes.pop("answer_format", "letter"), iteration=2)
     settings.update(changes)
-    return evolve(parent_rows(("mcq", "short")) if rows is None else rows, SCENES, **settings)
+    return evolve(parent_rows(("mcq", "short")) if rows is None else rows, evolver, **settings)
 
 
 def test_three_rounds_raise_mean_difficulty_every_round():
@@ -353,7 +355,7 @@ def test_three_rounds_raise_mean_difficulty_every_round():
     for verdict in verdicts:
         assert verdict.kept == (verdict.difficulty_child > verdict.difficulty_parent and verdict.reason is None)
         assert verify_answer(verdict.row, SCENES) is True
-        assert 0.0 <= verdict.row["scores"]["evolution_gain"] <= 1.0 and verdict.row["scores"]["judge"] == 10.0
+        assert 0.0 <= verdict.row["scores"]["evolution_gain"] <= 1.0 and verdict.row["scores"]["difficulty"] == verdict.difficulty_child
         assert verdict.row["provenance"]["round"] == verdict.round
 
 
@@ -452,3 +454,69 @@ def test_perception_never_makes_one_side_of_a_comparison_part_of_the_other():
         assert not (a <= b or b <= a), program   # "more yellow squares than squares" is always "no"
         sides.add(json.dumps([program["a"], program["b"]], sort_keys=True))
     assert len(sides) > 1
+
+
+# ---------------------------------------------------------------- the blind check
+
+def blind_prediction(options, answer, probabilities):
+    import math
+
+    scores = [math.log(p) for p in probabilities]
+    best = max(range(len(scores)), key=lambda j: scores[j])
+    letter = "ABCD"[options.index(answer)]
+    return {"options": options, "answer": letter, "option_scores": scores, "correct": "ABCD"[best] == letter}
+
+
+def test_a_blind_answer_counts_only_far_above_the_models_own_base_rate():
+    from mmloop.loop.evolution import MIN_BASE_RATE_ITEMS, blind_verdicts
+
+    # A model that says "no" to every blank image (p = 0.9) reads nothing from the question:
+    # its right "no" answers are its base rate, not a giveaway.
+    biased = [blind_prediction(["yes", "no"], "no", [0.1, 0.9]) for _ in range(MIN_BASE_RATE_ITEMS)]
+    # One question whose text gives "yes" away: 0.99 where the base rate of "yes" is about 0.14.
+    leaked = blind_prediction(["yes", "no"], "yes", [0.99, 0.01])
+    verdicts = blind_verdicts([*biased, leaked], margin=0.5)
+    assert not any(answered for answered, _ in verdicts[:-1])
+    assert verdicts[-1] == (True, 0.99)
+    # Too few items with an option set to measure a base rate: chance is 1/k.
+    few = blind_verdicts([blind_prediction(["red", "blue", "green", "pink"], "red", [0.7, 0.1, 0.1, 0.1]),
+                          blind_prediction(["red", "blue", "green", "pink"], "red", [0.55, 0.15, 0.15, 0.15]),
+                          blind_prediction(["red", "blue", "green", "pink"], "blue", [0.7, 0.1, 0.1, 0.1])],
+                         margin=0.5)
+    assert [answered for answered, _ in few] == [True, False, False]  # threshold 0.25 + 0.5 * 0.75 = 0.625
+
+
+def test_blind_flags_drop_children_as_visually_independent():
+    flagged = set()
+
+    def blind(rows):
+        flagged.update(row["sample_id"] for row in rows[::2])
+        return [(row["sample_id"] in flagged, 0.9 if row["sample_id"] in flagged else 0.2) for row in rows]
+
+    verdicts, kept, stats = run(rounds=1, blind=blind)
+    assert flagged and kept
+    for verdict in verdicts:
+        if verdict.row["sample_id"] in flagged:
+            assert verdict.reason == "visually_independent" and verdict.row["scores"]["visual_independence"] == 0.9
+    assert stats["rounds"][0]["dropped"]["visually_independent"] == len(flagged)
+    assert not {row["sample_id"] for row in kept} & flagged
+
+
+def test_final_rows_keep_the_count_and_put_the_newest_descendant_in_place():
+    rows = parent_rows(("mcq", "short"))
+    verdicts, kept, _ = run(rows=rows)
+    final = evolution.final_rows(rows, kept)
+    assert len(final) == len(rows)
+    by_id = {verdict.row["sample_id"]: verdict for verdict in verdicts}
+    replaced = 0
+    for row, out in zip(rows, final):
+        if out["sample_id"] == row["sample_id"]:
+            continue
+        replaced += 1
+        # Walk back to the root: it is the row this one replaced, and no kept child descends from it.
+        node = out
+        while node["sample_id"] in by_id:
+            node = next(r for r in [*rows, *kept] if r["sample_id"] == by_id[node["sample_id"]].parent_id)
+        assert node["sample_id"] == row["sample_id"]
+        assert not any(child["parent_ids"] == [out["sample_id"]] for child in kept)
+    assert replaced

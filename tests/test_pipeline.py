@@ -22,6 +22,7 @@ TINY = {
     "clip": {"epochs": 1},
     "base": {"epochs": 1},
     "sample": {"budget": 120},
+    "evolve": {"rounds": 2},  # the default loop does not evolve; this one runs every stage's code
     "train": {"epochs": 1},
 }
 
@@ -139,6 +140,27 @@ def test_lineage_of_a_kept_sample_reaches_its_bad_case(repo):
     assert kept, "iteration 2 kept nothing"
     out = _run(["mmloop", "lineage", kept[0]["sample_id"]], root, env)
     assert "[query, iteration 2" in out and "[badcase, iteration 1" in out
+
+
+@pytest.mark.slow
+def test_evolution_is_judged_per_round_and_its_chain_reaches_the_image(repo):
+    import pyarrow.parquet as pq
+
+    root, env = repo
+    stats = json.loads((root / "metrics" / "evolve" / "iter=1.json").read_text())
+    assert [entry["round"] for entry in stats["rounds"]] == [1, 2]
+    for entry in stats["rounds"]:
+        assert entry["evolved"] == entry["kept"] + sum(entry["dropped"].values()) > 0
+    children = pq.read_table(root / "data" / "iter=1" / "evolution.parquet").to_pylist()
+    generated = pq.read_table(root / "data" / "iter=1" / "generated.parquet").to_pylist()
+    evolved = pq.read_table(root / "data" / "iter=1" / "evolved.parquet").to_pylist()
+    assert len(evolved) == len(generated)  # keep: final replaces, it does not add
+    assert all(row["reject_reason"] is None or not row["kept"] for row in children)
+    second = [row for row in children if row["provenance"]["round"] == 2 and row["kept"]]
+    assert second, "no child survived round 2"
+    out = _run(["mmloop", "lineage", second[0]["sample_id"]], root, env)
+    assert out.count("[evolved, iteration 1") == 2 and "evolved: round 2 by" in out and "evolved: round 1 by" in out
+    assert "[generated, iteration 1" in out and "[query, iteration 1" in out and "[badcase, iteration 0" in out
 
 
 def _free_port() -> int:

@@ -350,6 +350,44 @@ class GenerateConfig(Section):
         return self
 
 
+class EvolvePrompts(Section):
+    """The openai teacher's evolution templates: one per operator, and the judge."""
+
+    perception: str = "prompts/evolve_perception.j2"
+    reasoning: str = "prompts/evolve_reasoning.j2"
+    interaction: str = "prompts/evolve_interaction.j2"
+    judge: str = "prompts/evolve_judge.j2"
+
+    @property
+    def files(self) -> list[str]:
+        return [self.perception, self.reasoning, self.interaction, self.judge]
+
+
+class EvolveConfig(Section):
+    """MMEvol's instruction evolution between generation and elimination (the teacher of
+    generate.backend evolves its own rows; the openai teacher uses generate.openai's endpoint)."""
+
+    rounds: int = Field(0, ge=0)  # 0: no evolution
+    # Operator draw probabilities (perception-heavy, as MMEvol's split).
+    operator_weights: dict[str, float] = {"perception": 0.5, "reasoning": 0.3, "interaction": 0.2}
+    # final: each generated row is replaced by its newest kept descendant (as many rows as generated,
+    # so training sees the same number of samples); all: the generated rows plus every kept child.
+    keep: Literal["final", "all"] = "final"
+    # The blind check: the current model answers each surviving child with its image replaced by a
+    # blank one; a child it answers right with probability >= chance + blind_margin * (1 - chance)
+    # does not need the image and is dropped (visually_independent). null: no blind check.
+    blind_margin: float | None = Field(0.5, gt=0.0, lt=1.0)
+    prompts: EvolvePrompts = EvolvePrompts()
+
+    @field_validator("operator_weights")
+    @classmethod
+    def _weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        from mmloop.loop.evolution import check_weights
+
+        check_weights(weights)
+        return weights
+
+
 class EliminateConfig(Section):
     clip_min: float | None = None  # null: calibrated on the batch (clip_mismatch_quantile)
     clip_mismatch_quantile: float = Field(0.1, ge=0.0, le=1.0)
@@ -393,6 +431,7 @@ class Params(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     sample: SampleConfig = SampleConfig()
     generate: GenerateConfig = GenerateConfig()
+    evolve: EvolveConfig = EvolveConfig()
     eliminate: EliminateConfig = EliminateConfig()
     train: TrainConfig = TrainConfig()
     loop: LoopConfig = LoopConfig()

@@ -28,7 +28,8 @@ END
 """
 
 _COLUMNS = ("sample_id", "parent_ids", "iteration", "origin", "category", "format",
-            "question", "answer", "image", "image_sha256", "kept", "reject_reason", "provenance", "filename")
+            "question", "answer", "image", "image_sha256", "kept", "reject_reason", "provenance", "scores",
+            "filename")
 
 
 def _nodes_sql(data_root: Path) -> str:
@@ -134,6 +135,12 @@ def format_chain(chain: list[dict[str, Any]]) -> str:
                             if provenance.get(key))
         if made_by:
             lines.append(f"{indent}    made by: {made_by}")
+        if node["origin"] == "evolved":
+            scores = node["scores"] or {}
+            judged = f", difficulty {scores['difficulty']:g}" if scores.get("difficulty") is not None else ""
+            note = f" ({provenance['judge_note']})" if provenance.get("judge_note") else ""
+            lines.append(f"{indent}    evolved: round {provenance.get('round')} by {provenance.get('operator')}"
+                         f"{judged}{note}")
         if provenance.get("source"):  # the data file (and record) it was read from: a benchmark item, a seed record
             lines.append(f"{indent}    source: {provenance['source']}")
         lines.append(f"{indent}    file: {node['filename']}")

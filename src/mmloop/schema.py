@@ -18,8 +18,11 @@ Field meanings:
   is the text of the correct option (for mcq it is one of `options`); `format`
   "conversation" marks a multi-round sample mixing categories (category "mixed").
 - provenance: who made it and how (backend, model, prompt, request hash, operator,
-  round, the question program as JSON, the source file).
-- scores: filter scores; null when not computed.
+  round, the question program as JSON, the source file, an LLM judge's one-line reason).
+- scores: filter scores; null when not computed. `difficulty` (1..10) is evolution's judge's
+  of the row; `evolution_gain` its gain over the parent (0..1 of the scale);
+  `visual_independence` the model's probability of the right option with the image blanked;
+  `judge` elimination's answer check (10 verified, 1 mismatch).
 - kept / reject_reason: the verdict, reject_reason one of REJECT_REASONS; null before elimination
   (a teacher's rows that produced no item arrive already rejected).
 
@@ -47,9 +50,9 @@ QUERY_FIELDS = ("sample_id", "image", "image_sha256", "category")
 
 PROVENANCE_FIELDS = (
     "backend", "model", "prompt_id", "prompt_sha256", "request_hash",
-    "operator", "round", "program", "source",
+    "operator", "round", "program", "source", "judge_note",
 )
-SCORE_FIELDS = ("clip", "evolution_gain", "judge", "visual_independence", "duplicate_cluster")
+SCORE_FIELDS = ("clip", "difficulty", "evolution_gain", "judge", "visual_independence", "duplicate_cluster")
 
 # Why a row has kept=False (`reject_reason`): one name per reason, whoever rejects the row.
 # Elimination's verdicts, in the order it checks them.
@@ -74,9 +77,11 @@ def sample_schema():
         ("prompt_id", pa.string()), ("prompt_sha256", pa.string()),
         ("request_hash", pa.string()), ("operator", pa.string()),
         ("round", pa.int32()), ("program", pa.string()), ("source", pa.string()),
+        ("judge_note", pa.string()),
     ])
     scores = pa.struct([
-        ("clip", pa.float64()), ("evolution_gain", pa.float64()), ("judge", pa.float64()),
+        ("clip", pa.float64()), ("difficulty", pa.float64()), ("evolution_gain", pa.float64()),
+        ("judge", pa.float64()),
         ("visual_independence", pa.float64()), ("duplicate_cluster", pa.int64()),
     ])
     return pa.schema([

@@ -35,6 +35,7 @@ SUITE_ORIGINS = {
 # Score columns (flattened from the `scores` struct) and their allowed ranges; nulls are allowed.
 SCORE_RANGES = {
     "scores.clip": (-1.0, 1.0),
+    "scores.difficulty": (1.0, 10.0),
     "scores.judge": (1.0, 10.0),
     "scores.evolution_gain": (0.0, 1.0),
     "scores.visual_independence": (0.0, 1.0),

@@ -45,19 +45,21 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from mmloop import questions
 from mmloop.io import stable_hash
 from mmloop.questions import SceneObject, Vocabulary
-from mmloop.schema import ANSWER_MISMATCH, DUPLICATE, NO_GAIN, make_sample_id, sample
+from mmloop.schema import (ANSWER_MISMATCH, DUPLICATE, JUDGE_LOW, NO_GAIN, VISUALLY_INDEPENDENT, make_sample_id,
+                           sample)
 
 PERCEPTION, REASONING, INTERACTION = OPERATORS = ("perception", "reasoning", "interaction")
 # Why a child is dropped, in the order the judge checks.
-DROP_REASONS = (ANSWER_MISMATCH, NO_GAIN, DUPLICATE)
+DROP_REASONS = (ANSWER_MISMATCH, NO_GAIN, JUDGE_LOW, DUPLICATE, VISUALLY_INDEPENDENT)
 
 # The attributes a question's words can name an object by (`questions.describe`), in its order.
 DESCRIBED = ("size", "colour", "shape")
@@ -74,8 +76,6 @@ SHORT_FORMATS = ("short", "open")
 # The difficulty formula's weights (see the module docstring).
 STEP_WEIGHT, ATTRIBUTE_WEIGHT, TURN_WEIGHT, CHOICE_WEIGHT = 2.0, 0.5, 1.0, 2.0
 MIN_DIFFICULTY, MAX_DIFFICULTY = 1.0, 10.0
-# Judge scores on MMEvol's 1..10 scale (as elimination gives them).
-VERIFIED_SCORE, MISMATCH_SCORE = 10.0, 1.0
 
 
 # ---------------------------------------------------------------- programs
@@ -576,10 +576,13 @@ def content_key(row: Mapping[str, Any]) -> tuple:
             tuple((turn["role"], normalise_text(turn["content"])) for turn in row.get("conversations") or []))
 
 
-def default_vocabulary(objects_by_sha: Mapping[str, Sequence[SceneObject]]) -> Vocabulary:
-    """The dataset's colours and its category names (sorted), as the annotations teacher draws them."""
-    shapes = sorted({obj.shape for objects in objects_by_sha.values() for obj in objects})
-    colours, shapes = questions.dataset_vocabulary(objects_by_sha, shapes)
+def default_vocabulary(objects_by_sha: Mapping[str, Sequence[SceneObject]],
+                       categories: Sequence[str] | None = None) -> Vocabulary:
+    """The vocabulary the annotations teacher draws from: the dataset's colours and its category
+    names (default: the shapes its objects carry, sorted)."""
+    if categories is None:
+        categories = sorted({obj.shape for objects in objects_by_sha.values() for obj in objects})
+    colours, shapes = questions.dataset_vocabulary(objects_by_sha, categories)
     return Vocabulary(colours=colours, shapes=shapes)
 
 
@@ -587,58 +590,139 @@ def _mean(values: Sequence[float]) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
 
-def evolve(rows: Sequence[Mapping[str, Any]], objects_by_sha: Mapping[str, Sequence[SceneObject]], *,
-           rounds: int, operator_weights: Mapping[str, float], seed: int, vocabulary: Vocabulary | None = None,
-           answer_format: str = "letter", iteration: int | str = 0
+@dataclass
+class Judgement:
+    """A judge's verdict on a child against its direct parent (difficulties on 1..10)."""
+
+    improved: bool
+    difficulty_parent: float
+    difficulty_child: float
+    reason: str | None = None  # why not improved: answer_mismatch | no_gain | judge_low
+    note: str | None = None  # an LLM judge's one-line reason
+
+
+class Evolver(Protocol):
+    """What a teacher implements to evolve its rows (the annotations teacher: `AnnotationEvolver`;
+    the openai teacher: `teachers.openai_evolve.OpenAIEvolver`). Both methods take a whole round
+    at once, so a remote teacher can send its requests concurrently."""
+
+    backend: str
+
+    def children(self, parents: Sequence[Mapping[str, Any]], orders: Sequence[Sequence[str]],
+                 rngs: Sequence[random.Random], *, round: int) -> list[tuple[dict[str, Any] | None, str | None,
+                                                                                list[str]]]:
+        """Per parent: (its child or None, the operator that made it, the operators that could not apply).
+        `orders[i]` is parent i's operators in the order to try them (the first is the one drawn)."""
+
+    def judge(self, pairs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> list[Judgement]:
+        """Per (child, parent): whether the child improved on its parent."""
+
+
+class AnnotationEvolver:
+    """The annotations teacher's evolution: programs on the images' objects, judged structurally."""
+
+    backend = "annotations"
+
+    def __init__(self, objects_by_sha: Mapping[str, Sequence[SceneObject]], *, vocabulary: Vocabulary | None = None,
+                 answer_format: str = "letter", iteration: int | str = 0) -> None:
+        self.objects_by_sha = objects_by_sha
+        self.vocabulary = vocabulary or default_vocabulary(objects_by_sha)
+        self.answer_format = answer_format
+        self.iteration = iteration
+
+    def children(self, parents, orders, rngs, *, round):
+        made = []
+        for parent, order, rng in zip(parents, orders, rngs):
+            objects = self.objects_by_sha[parent["image_sha256"]]
+            failed: list[str] = []
+            for operator in order:
+                child = evolve_row(parent, objects, rng, vocabulary=self.vocabulary, operator=operator,
+                                   answer_format=self.answer_format, iteration=self.iteration, round=round)
+                if child is not None:
+                    made.append((child, operator, failed))
+                    break
+                failed.append(operator)
+            else:
+                made.append((None, None, failed))
+        return made
+
+    def judge(self, pairs):
+        return [Judgement(*judge(child, parent, self.objects_by_sha[child["image_sha256"]])) for child, parent in pairs]
+
+
+def evolvable(row: Mapping[str, Any], backend: str) -> bool:
+    """Rows a backend evolves: the annotations teacher's need a question program; an LLM
+    rewrites any row with a question and an answer."""
+    if backend == "annotations":
+        return row_program(row) is not None
+    return bool(row.get("question")) and bool(row.get("answer")) and row.get("format") in ("mcq", "short")
+
+
+def evolve(rows: Sequence[Mapping[str, Any]], evolver: Evolver, *, rounds: int,
+           operator_weights: Mapping[str, float], seed: int,
+           blind: Callable[[Sequence[Mapping[str, Any]]], list[tuple[bool, float | None]]] | None = None,
+           progress: Callable[[str], None] | None = None,
            ) -> tuple[list[Verdict], list[dict[str, Any]], dict[str, Any]]:
     """`rounds` rounds of evolution: (every child with its verdict, the kept children, stats).
 
     Round r evolves each row that survived round r - 1 (the rows given, for round 1) once: its
     operator is drawn by `operator_weights`, the others are tried in a weighted order when it
-    cannot apply, and a parent none applies to has no child. A child is kept when `judge` finds
-    it correct and harder than its direct parent and it repeats no row already seen on its image
-    (else dropped as duplicate); kept children seed the next round. Each parent draws from its
-    own stream (`stable_hash(seed, round, parent id)`): the same inputs give the same outputs.
-    Rows without a question program are not evolved (stats `unevolvable`).
+    cannot apply, and a parent none applies to has no child. A child is kept when the evolver's
+    judge says it improved on its direct parent, it repeats no row already seen on its image
+    (else duplicate), and `blind` (when given: per child, whether the current model answers it from
+    the question alone, and its probability of the right answer) does not flag it (else visually_independent); kept children seed the
+    next round. Each parent draws from its own stream (`stable_hash(seed, round, parent id)`):
+    the same inputs give the same outputs. Rows the evolver cannot rewrite are not evolved
+    (stats `unevolvable`).
     """
     weights = check_weights(operator_weights)
-    vocabulary = vocabulary or default_vocabulary(objects_by_sha)
-    population = [dict(row) for row in rows if row_program(row) is not None]
+    population = [dict(row) for row in rows if evolvable(row, evolver.backend)]
     seen = {content_key(row) for row in rows}
     verdicts: list[Verdict] = []
     kept: list[dict[str, Any]] = []
-    stats: dict[str, Any] = {"rows": len(rows), "unevolvable": len(rows) - len(population),
+    stats: dict[str, Any] = {"backend": evolver.backend, "rows": len(rows),
+                             "unevolvable": len(rows) - len(population),
                              "seed_mean_difficulty": _mean([difficulty(row) for row in population]),
                              "operator_weights": weights, "rounds": []}
     for round_number in range(1, int(rounds) + 1):
-        round_verdicts: list[Verdict] = []
+        rngs = [random.Random(stable_hash(seed, round_number, parent["sample_id"])) for parent in population]
+        orders = [operator_order(weights, rng) for rng in rngs]
+        made = evolver.children(population, orders, rngs, round=round_number)
         not_applicable = {name: 0 for name in weights}
-        no_operator = 0
-        survivors: list[dict[str, Any]] = []
-        for parent in population:
-            objects = objects_by_sha[parent["image_sha256"]]
-            rng = random.Random(stable_hash(seed, round_number, parent["sample_id"]))
-            child, operator = None, None
-            for operator in operator_order(weights, rng):
-                child = evolve_row(parent, objects, rng, vocabulary=vocabulary, operator=operator,
-                                   answer_format=answer_format, iteration=iteration, round=round_number)
-                if child is not None:
-                    break
-                not_applicable[operator] += 1
-            if child is None or operator is None:
-                no_operator += 1
-                continue
-            improved, before, after, reason = judge(child, parent, objects)
-            if improved and content_key(child) in seen:
-                improved, reason = False, DUPLICATE
-            child["kept"], child["reject_reason"] = improved, reason
-            child["scores"]["judge"] = MISMATCH_SCORE if reason == ANSWER_MISMATCH else VERIFIED_SCORE
-            child["scores"]["evolution_gain"] = round(max(0.0, after - before) / (MAX_DIFFICULTY - MIN_DIFFICULTY), 4)
-            round_verdicts.append(Verdict(child, parent["sample_id"], operator, round_number, before, after))
-            if improved:
+        pairs, operators = [], []
+        for parent, (child, operator, failed) in zip(population, made):
+            for name in failed:
+                not_applicable[name] += 1
+            if child is not None:
+                pairs.append((child, parent))
+                operators.append(operator)
+        judgements = evolver.judge(pairs)
+        for (child, _), judgement in zip(pairs, judgements):
+            child["kept"], child["reject_reason"] = judgement.improved, judgement.reason
+            if judgement.improved and content_key(child) in seen:
+                child["kept"], child["reject_reason"] = False, DUPLICATE
+            if child["kept"]:
                 seen.add(content_key(child))
-                survivors.append(child)
-        stats["rounds"].append(_round_stats(round_number, population, round_verdicts, not_applicable, no_operator))
+        if blind is not None:
+            candidates = [child for child, _ in pairs if child["kept"]]
+            for child, (answered, probability) in zip(candidates, blind(candidates)):
+                child["scores"]["visual_independence"] = probability
+                if answered:
+                    child["kept"], child["reject_reason"] = False, VISUALLY_INDEPENDENT
+        round_verdicts: list[Verdict] = []
+        for (child, parent), judgement, operator in zip(pairs, judgements, operators):
+            child["scores"]["difficulty"] = judgement.difficulty_child
+            child["scores"]["evolution_gain"] = round(
+                max(0.0, judgement.difficulty_child - judgement.difficulty_parent) / (MAX_DIFFICULTY - MIN_DIFFICULTY), 4)
+            if judgement.note:
+                child["provenance"]["judge_note"] = judgement.note
+            round_verdicts.append(Verdict(child, parent["sample_id"], operator, round_number,
+                                          judgement.difficulty_parent, judgement.difficulty_child))
+        survivors = [verdict.row for verdict in round_verdicts if verdict.kept]
+        stats["rounds"].append(_round_stats(round_number, population, round_verdicts, not_applicable,
+                                            len(population) - len(pairs)))
+        if progress is not None:
+            progress(f"round {round_number}: {len(pairs)} evolved from {len(population)}, {len(survivors)} kept")
         verdicts += round_verdicts
         kept += survivors
         population = survivors
@@ -646,6 +730,20 @@ def evolve(rows: Sequence[Mapping[str, Any]], objects_by_sha: Mapping[str, Seque
     stats["kept"] = len(kept)
     stats["keep_rate"] = round(len(kept) / len(verdicts), 4) if verdicts else None
     return verdicts, kept, stats
+
+
+def final_rows(rows: Sequence[Mapping[str, Any]], kept: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each row replaced by its newest kept descendant (the row itself when none survived): as many
+    rows as were given, so training sees the same number of samples with and without evolution."""
+    newest: dict[str, dict[str, Any]] = {}
+    root_of: dict[str, str] = {}
+    for row in rows:
+        root_of[row["sample_id"]] = row["sample_id"]
+    for child in kept:  # in round order: a later descendant replaces an earlier one
+        root = root_of[child["parent_ids"][0]]
+        root_of[child["sample_id"]] = root
+        newest[root] = child
+    return [dict(newest.get(row["sample_id"], row)) for row in rows]
 
 
 def _summary(verdicts: Sequence[Verdict]) -> dict[str, Any]:
@@ -669,3 +767,90 @@ def _round_stats(round_number: int, parents: Sequence[Mapping[str, Any]], verdic
         mine = [verdict for verdict in verdicts if verdict.operator == name]
         entry["operators"][name] = {**_summary(mine), "not_applicable": not_applicable[name]}
     return entry
+
+
+# ---------------------------------------------------------------- the blind check
+
+def blind_threshold(base_rate: float, margin: float) -> float:
+    """The probability of the right option above which a blind answer is "far above chance":
+    base_rate + margin * (1 - base_rate)."""
+    return base_rate + margin * (1.0 - base_rate)
+
+
+# Items with the same option set needed to estimate the model's blind base rate of an answer.
+MIN_BASE_RATE_ITEMS = 20
+
+
+def blind_answered(model, processor, rows: Sequence[Mapping[str, Any]], *, margin: float, answer_format: str,
+                   batch_size: int, data_root: str = "data") -> list[tuple[bool, float | None]]:
+    """Per row: (whether the model answers it right from the question alone, with the image
+    replaced by a blank (mid-grey) one of the same size; its probability of the right option).
+    (False, None) for a row without options: a short answer has nothing to score against.
+
+    A row is answered blind when the model's pick is right and its probability of the right
+    option (softmax of the option log-likelihoods) is at least `blind_threshold(base, margin)`.
+    `base` is chance measured, not assumed: the model's mean blind probability of that same
+    answer over the rows with the same options (at least MIN_BASE_RATE_ITEMS of them; else
+    1/k). A blank image makes "no" true for "Is there a red circle?"; a model that says "no"
+    to every blank image has not read the answer from the question, and is not counted."""
+    import io as bytes_io
+    from pathlib import Path
+
+    from PIL import Image
+
+    from mmloop.config import EvaluateConfig
+    from mmloop.eval.evaluation import evaluate
+    from mmloop.schema import OPTION_LETTERS
+
+    blanks: dict[tuple[int, int], bytes] = {}
+    items, positions = [], []
+    for position, row in enumerate(rows):
+        options = list(row.get("options") or [])
+        if not 2 <= len(options) <= len(OPTION_LETTERS) or row["answer"] not in options:
+            continue
+        with Image.open(Path(data_root) / row["image"]) as handle:
+            size = handle.size
+        if size not in blanks:
+            buffer = bytes_io.BytesIO()
+            Image.new("RGB", size, (128, 128, 128)).save(buffer, format="PNG")
+            blanks[size] = buffer.getvalue()
+        items.append({"index": position, "question": row["question"], "options": options,
+                      "answer": OPTION_LETTERS[options.index(row["answer"])], "image": blanks[size],
+                      "image_sha256": f"blank-{size[0]}x{size[1]}"})
+        positions.append(position)
+    answered: list[tuple[bool, float | None]] = [(False, None)] * len(rows)
+    if not items:
+        return answered
+    settings = EvaluateConfig(mode="loglik", batch_size=batch_size)
+    predictions = evaluate(model, processor, items, settings, answer_format, benchmark="blind", model_name="blind",
+                           iteration=0)
+    for position, verdict in zip(positions, blind_verdicts(predictions, margin)):
+        answered[position] = verdict
+    return answered
+
+
+def blind_verdicts(predictions: Sequence[Mapping[str, Any]], margin: float) -> list[tuple[bool, float]]:
+    """(answered far above chance, probability of the right option) per blind prediction
+    (prediction schema: options, answer letter, option_scores, correct); see `blind_answered`."""
+    from mmloop.schema import OPTION_LETTERS
+
+    probabilities = []
+    rates: dict[tuple[str, ...], dict[str, list[float]]] = {}
+    for prediction in predictions:
+        scores = prediction["option_scores"]
+        top = max(scores)
+        weights = [math.exp(score - top) for score in scores]
+        by_option = {option: weight / sum(weights) for option, weight in zip(prediction["options"], weights)}
+        probabilities.append(by_option)
+        group = rates.setdefault(tuple(sorted(prediction["options"])), {})
+        for option, probability in by_option.items():
+            group.setdefault(option, []).append(probability)
+    verdicts = []
+    for prediction, by_option in zip(predictions, probabilities):
+        options = list(prediction["options"])
+        right = options[OPTION_LETTERS.index(prediction["answer"])]
+        seen = rates[tuple(sorted(options))][right]
+        base = sum(seen) / len(seen) if len(seen) >= MIN_BASE_RATE_ITEMS else 1.0 / len(options)
+        far_above = prediction["correct"] and by_option[right] >= blind_threshold(base, margin)
+        verdicts.append((bool(far_above), round(by_option[right], 4)))
+    return verdicts

@@ -110,6 +110,26 @@ def _image_size(query: Mapping[str, Any], objects: Sequence[Mapping[str, Any]]) 
     return size, size
 
 
+def render_item(item: Mapping[str, Any], data_type: str, answer_format: str, seed: str
+                ) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """A validated item's conversation and its sample fields (format, question, options, answer).
+    `seed` (the row it was made for) fixes the mcq options' shuffle."""
+    if data_type == "mcq":
+        options = list(item["options"])
+        # Teachers favour putting the answer first; a seeded shuffle keeps letters balanced.
+        random.Random(stable_hash(seed, item["question"], options)).shuffle(options)
+        conversations = [{"role": "user", "content": mcq_prompt(item["question"], options, answer_format=answer_format)},
+                         {"role": "assistant", "content": mcq_reply(options, item["answer"], answer_format)}]
+        return conversations, dict(format="mcq", question=item["question"], options=options, answer=item["answer"])
+    if data_type == "short":
+        conversations = [{"role": "user", "content": item["question"]},
+                         {"role": "assistant", "content": item["answer"]}]
+        return conversations, dict(format="short", question=item["question"], answer=item["answer"])
+    conversations = [{"role": t["role"], "content": t["content"]} for t in item["conversations"]]
+    return conversations, dict(format="conversation", question=conversations[0]["content"],
+                               answer=conversations[-1]["content"])
+
+
 def item_record(item: Mapping[str, Any], plan: Plan, provenance: dict[str, Any], iteration: int | str,
                 answer_format: str) -> dict[str, Any]:
     """A validated item as a sample row."""
@@ -117,20 +137,7 @@ def item_record(item: Mapping[str, Any], plan: Plan, provenance: dict[str, Any],
     common = dict(parent_ids=[query["sample_id"]], iteration=int(iteration), origin="generated",
                   image=query["image"], image_sha256=query["image_sha256"], category=query["category"],
                   provenance=provenance)
-    if plan.data_type == "mcq":
-        options = list(item["options"])
-        # Teachers favour putting the answer first; a seeded shuffle keeps letters balanced.
-        random.Random(stable_hash(query["sample_id"], item["question"], options)).shuffle(options)
-        conversations = [{"role": "user", "content": mcq_prompt(item["question"], options, answer_format=answer_format)},
-                         {"role": "assistant", "content": mcq_reply(options, item["answer"], answer_format)}]
-        fields = dict(format="mcq", question=item["question"], options=options, answer=item["answer"])
-    elif plan.data_type == "short":
-        conversations = [{"role": "user", "content": item["question"]},
-                         {"role": "assistant", "content": item["answer"]}]
-        fields = dict(format="short", question=item["question"], answer=item["answer"])
-    else:
-        conversations = [{"role": t["role"], "content": t["content"]} for t in item["conversations"]]
-        fields = dict(format="conversation", question=conversations[0]["content"], answer=conversations[-1]["content"])
+    conversations, fields = render_item(item, plan.data_type, answer_format, query["sample_id"])
     sample_id = make_sample_id(query["image_sha256"], conversations, "generated", query["sample_id"])
     return sample(sample_id=sample_id, conversations=conversations, **common, **fields)
 
@@ -147,6 +154,52 @@ def rejected_record(plan: Plan, raw: str, reason: str, provenance: dict[str, Any
                   reject_reason=reason)
 
 
+def approved_template(path: str | Path) -> prompts.PromptTemplate:
+    """A prompt template, refused while its version is one the teacher proposed and no one reviewed."""
+    template = prompts.load_template(path)
+    if template.meta.get("status") == "proposed":
+        raise ValueError(f"{template.path}: this prompt version was proposed by the teacher and not yet "
+                         "reviewed; read it, then set 'status: approved' in its front matter to use it")
+    return template
+
+
+def image_context(row: Mapping[str, Any], objects_by_image: Mapping[str, Sequence[Any]],
+                  config: "OpenAIConfig") -> dict[str, Any]:
+    """The template variables that show a row's image: the mode, and for text-only mode its
+    annotations and size."""
+    objects = [object_dict(o) for o in objects_by_image.get(row["image_sha256"], [])]
+    width, height = _image_size(row, objects)
+    return {"image_mode": TEMPLATE_IMAGE_MODES[config.image_mode], "objects": objects, "width": width,
+            "height": height}
+
+
+def chat_request(config: "OpenAIConfig", template: prompts.PromptTemplate, text: str, image_path: Path,
+                 label: str) -> llm.ChatRequest:
+    """The request of one rendered prompt: one user message, the image attached as a data URL in
+    image mode; keyed for the journal by what changes the reply (model, messages, sampling, template)."""
+    if config.image_mode == "image":
+        url = llm.image_data_url(image_path, config.image_max_side)
+        content: Any = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url}}]
+    else:
+        content = text
+    messages = [{"role": "user", "content": content}]
+    key = journal_mod.request_key(config.model, messages, config.generation, template.file_sha256)
+    return llm.ChatRequest(key, messages, label=label)
+
+
+def send_unique(requests: Sequence[llm.ChatRequest], config: "OpenAIConfig", *, desc: str
+                ) -> tuple[list[llm.ChatResult], llm.Usage, int]:
+    """(one result per request in order, usage, unique requests): identical requests are sent once,
+    through the journal (a rerun sends only what it lacks)."""
+    unique: dict[str, llm.ChatRequest] = {}
+    for request in requests:
+        unique.setdefault(request.key, request)
+    with journal_mod.Journal(llm.journal_path(config)) as journal:
+        results, usage = llm.run_chat(list(unique.values()), config, journal, desc=desc)
+    by_key = {result.key: result for result in results}
+    return [by_key[request.key] for request in requests], usage, len(unique)
+
+
 class OpenAITeacher(Teacher):
     """Items for each query from an OpenAI-compatible chat endpoint (params generate.openai)."""
 
@@ -159,10 +212,7 @@ class OpenAITeacher(Teacher):
         COCO-style dicts; the text-only mode's image, and the prompt's image size); `badcases` are
         the previous model's bad cases, shown in context by sample_id."""
         self.config = config
-        self.template = prompts.load_template(config.prompt)
-        if self.template.meta.get("status") == "proposed":
-            raise ValueError(f"{self.template.path}: this prompt version was proposed by the teacher and not yet "
-                             "reviewed; read it, then set 'status: approved' in its front matter to use it")
+        self.template = approved_template(config.prompt)
         self.format_mix = format_mix
         self.answer_format = answer_format
         self.objects_by_image = objects_by_image
@@ -183,37 +233,21 @@ class OpenAITeacher(Teacher):
         parents = list(query.get("parent_ids") or [])
         context_ids = parents[1:] or parents[:1]  # the in-context bad cases; the anchor if none were drawn
         shown = [_badcase_context(self.cases[i]) for i in context_ids if i in self.cases]
-        objects = [object_dict(o) for o in self.objects_by_image.get(query["image_sha256"], [])]
-        width, height = _image_size(query, objects)
         definitions = template.meta.get("definitions") or {}
         rendered = template.render(
             category=category, definition=definitions.get(category, f"questions about {category}"),
             data_type=data_type, data_type_definition=(template.meta.get("data_types") or {}).get(data_type, data_type),
             output_schema=template.output_schema.get(data_type) or structured.DEFAULT_SCHEMAS[data_type],
-            n_items=config.items_per_request, image_mode=TEMPLATE_IMAGE_MODES[config.image_mode], objects=objects,
-            width=width, height=height, badcases=shown)
-        if config.image_mode == "image":
-            url = llm.image_data_url(self.data_root / query["image"], config.image_max_side)
-            content: Any = [{"type": "text", "text": rendered.text},
-                            {"type": "image_url", "image_url": {"url": url}}]
-        else:
-            content = rendered.text
-        messages = [{"role": "user", "content": content}]
-        key = journal_mod.request_key(config.model, messages, config.generation, template.file_sha256)
-        return Plan(query, data_type, llm.ChatRequest(key, messages, label=query["sample_id"]), rendered.text,
-                    rendered.sha256)
+            n_items=config.items_per_request, badcases=shown,
+            **image_context(query, self.objects_by_image, config))
+        request = chat_request(config, template, rendered.text, self.data_root / query["image"], query["sample_id"])
+        return Plan(query, data_type, request, rendered.text, rendered.sha256)
 
     def send(self, plans: Sequence[Plan]) -> list[llm.ChatResult]:
         # Identical requests are sent once (Teacher.run lets only the first query asking it make rows).
-        unique: dict[str, llm.ChatRequest] = {}
-        for plan in plans:
-            unique.setdefault(plan.key, plan.request)
-        self.unique_requests = len(unique)
-        with journal_mod.Journal(self.journal_path) as journal:
-            results, self.usage = llm.run_chat(list(unique.values()), self.config, journal,
-                                               desc=f"generate iter={self.iteration}")
-        by_key = {result.key: result for result in results}
-        return [by_key[plan.key] for plan in plans]
+        results, self.usage, self.unique_requests = send_unique([plan.request for plan in plans], self.config,
+                                                                desc=f"generate iter={self.iteration}")
+        return results
 
     def parse(self, plan: Plan, reply: llm.ChatResult) -> Parsed:
         provenance = {"backend": self.backend, "model": self.config.model, "prompt_id": self.template.name,
