@@ -90,11 +90,13 @@ def main(argv: list[str]) -> None:
     stats: dict = {"rounds": [], "evolved": 0, "kept": 0}
     out = rows
     if settings.rounds:
+        evolver = make_evolver(params, iteration)
         verdicts, kept, stats = evolution.evolve(
-            rows, make_evolver(params, iteration), rounds=settings.rounds, operator_weights=settings.operator_weights,
+            rows, evolver, rounds=settings.rounds, operator_weights=settings.operator_weights,
             seed=config.stage_seed(params.seed, "evolve", iteration, params.loop.seed),
             blind=blind_check(params, prev), progress=lambda line: print(f"evolve iter={iteration}: {line}"))
         children = [verdict.row for verdict in verdicts]
+        stats["teacher"] = evolver.stats()
         out = evolution.final_rows(rows, kept) if settings.keep == "final" else [*rows, *kept]
     stats.update(keep=settings.keep, samples_out=len(out), evolved_out=sum(r["origin"] == "evolved" for r in out))
 

@@ -300,7 +300,8 @@ def test_evolve_runs_two_rounds_end_to_end(server, tmp_path):
     for verdict in verdicts:
         row = verdict.row
         assert row["parent_ids"] == [verdict.parent_id] and row["provenance"]["round"] == verdict.round
-        assert row["scores"]["judge"] == 6.0 and row["provenance"]["operator"] == verdict.operator
+        assert row["scores"]["difficulty"] == 6.0 and row["provenance"]["operator"] == verdict.operator
+        assert row["provenance"]["judge_note"] == "The child needs the small circle too. It is harder."
         parent = by_id[verdict.parent_id]
         assert parent["image_sha256"] == row["image_sha256"]
         # Round 2's children chain to a round-1 child, whose own parent is a generated row.
@@ -308,6 +309,7 @@ def test_evolve_runs_two_rounds_end_to_end(server, tmp_path):
             assert parent["origin"] == "evolved" and by_id[parent["parent_ids"][0]]["origin"] == "generated"
         else:
             assert parent["origin"] == "generated"
+    assert to_table([verdict.row for verdict in verdicts]).num_rows == 16  # what the stage writes
     final = evolution.final_rows(parents, kept)
     assert all(row["origin"] == "evolved" and row["provenance"]["round"] == 2 for row in final)
     assert evolver.stats()["requests"] == 32  # 8 evolutions and 8 judgements, twice

@@ -127,6 +127,23 @@ def _prompts_propose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from mmloop import experiments
+
+    try:
+        shown = (json.loads(Path(args.json).read_text(encoding="utf-8")) if args.json
+                 else experiments.show_experiments())
+        found = experiments.runs(shown, by=args.by, seed=args.seed, iteration=args.iteration)
+        print(experiments.table(found, by=args.by, seed=args.seed, baseline=args.baseline))
+    except (OSError, ValueError, RuntimeError) as err:
+        print(f"mmloop compare: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mmloop.config import ANSWER_FORMATS, DEVICES, DTYPES, EVAL_MODES, ROUND_SOURCES  # light: no torch until a command runs
     from mmloop.eval.benchmarks import FORMATS
@@ -143,6 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "table, with the gain in points")
     history.add_argument("--eval-dir", default="metrics/eval", help="where the iter=N.json metrics are")
     history.set_defaults(run=_history)
+    compare = commands.add_parser("compare", help="DVC experiments' gains per category by arm and seed, as a Markdown "
+                                                  "table with each arm's paired difference from the baseline arm")
+    compare.add_argument("--by", required=True, help="the params key whose value is the arm (e.g. evolve.rounds)")
+    compare.add_argument("--seed", default="loop.seed", help="the params key whose value is the seed (default: "
+                                                            "loop.seed)")
+    compare.add_argument("--baseline", help="the arm the others are compared with (default: the lowest value)")
+    compare.add_argument("--iteration", help="the iteration whose gain over 0 is compared (default: each run's last)")
+    compare.add_argument("--json", help="a saved `dvc exp show --json` (default: run it here)")
+    compare.set_defaults(run=_compare)
     graph = commands.add_parser("graph", help="check (or --write) dvc.yaml's deps and params against what the "
                                               "stages read")
     graph.add_argument("--write", action="store_true", help="rewrite dvc.yaml's deps and params")

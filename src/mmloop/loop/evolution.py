@@ -617,6 +617,9 @@ class Evolver(Protocol):
     def judge(self, pairs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> list[Judgement]:
         """Per (child, parent): whether the child improved on its parent."""
 
+    def stats(self) -> dict[str, Any]:
+        """What the teacher spent (requests, usage, parse failures), for the stage's metrics."""
+
 
 class AnnotationEvolver:
     """The annotations teacher's evolution: programs on the images' objects, judged structurally."""
@@ -648,6 +651,9 @@ class AnnotationEvolver:
 
     def judge(self, pairs):
         return [Judgement(*judge(child, parent, self.objects_by_sha[child["image_sha256"]])) for child, parent in pairs]
+
+    def stats(self):
+        return {}  # programs on annotations cost nothing to count
 
 
 def evolvable(row: Mapping[str, Any], backend: str) -> bool:

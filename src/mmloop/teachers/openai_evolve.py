@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from mmloop.loop.evolution import INTERACTION, OPERATORS, Judgement, difficulty
 from mmloop.schema import ANSWER_MISMATCH, JUDGE_LOW, NO_GAIN, make_sample_id, sample
 from mmloop.teachers import llm, structured
+from mmloop.teachers.prompts import PromptTemplate
 from mmloop.teachers.openai_chat import approved_template, chat_request, image_context, render_item, send_unique
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ class OpenAIEvolver:
 
     # ---------------------------------------------------------------- requests
 
-    def _request(self, template, row: Mapping[str, Any], label: str, **context: Any) -> llm.ChatRequest:
+    def _request(self, template: PromptTemplate, row: Mapping[str, Any], label: str, **context: Any) -> llm.ChatRequest:
         rendered = template.render(**context, **image_context(row, self.objects_by_image, self.config))
         return chat_request(self.config, template, rendered.text, self.data_root / row["image"], label)
 
