@@ -143,9 +143,72 @@ def _mcq_item(category: str, objects: list[dict[str, Any]], salt: int) -> dict[s
             "rationale": f"The {shape} is {colour}."}
 
 
+# ---------------------------------------------------------------- evolution (MMEvol) prompts
+
+GOOD_REASON = "The child needs the small circle too.\nIt is harder."
+
+
+def tagged_json(text: str, tag: str) -> Any:
+    match = re.search(rf"<{tag}>\n(.*?)\n</{tag}>", text, re.S)
+    return json.loads(match.group(1)) if match else None
+
+
+def _evolved(parent, operator):
+    """The fake model's child of `parent`: the parent's question with the operator's words added."""
+    question, answer = parent["question"], parent["answer"]
+    if "SKIPME" in question:
+        return "Skip"
+    if "BADANSWER" in question:
+        return json.dumps({"question": question + " (finer)", "options": parent["options"],
+                           "answer": "not an option", "rationale": "."})
+    if operator == "interaction" and "FOLLOW" in question:
+        return json.dumps({"format": "mcq", "follow_up": True, "question": "Is it the only one of that colour?",
+                           "options": ["yes", "no"], "answer": "yes", "rationale": "No other object shares it."})
+    if operator == "interaction":  # another format
+        if parent["format"] == "mcq":
+            return json.dumps({"format": "short", "question": question + " Answer in a full sentence.",
+                               "answer": f"The answer is {answer}.", "rationale": "."})
+        return json.dumps({"format": "mcq", "question": question + " Pick one.",
+                           "options": [answer, "None of these."], "answer": answer, "rationale": "."})
+    item = {"question": f"{question} ({operator})", "answer": answer, "rationale": "."}
+    if parent["format"] == "mcq":
+        item["options"] = parent["options"]
+    if operator == "perception":  # fenced, as models often do: repaired, not rejected
+        return "```json\n" + json.dumps(item) + "\n```"
+    return json.dumps(item)
+
+
+def _judged(child):
+    question = child["question"]
+    if "TRUNCATE" in question:
+        return '{"improved": tr', "length"
+    if "GARBAGE" in question:
+        return "The child looks fine to me.", "stop"
+    verdict = {"improved": "NOGAIN" not in question, "correct": "WRONG" not in question,
+               "difficulty_parent": 3, "difficulty_child": 3 if "EQUAL" in question else 6, "reason": GOOD_REASON}
+    return json.dumps(verdict), "stop"
+
+
+def evolution_reply(text: str) -> tuple[str, str] | None:
+    """The reply to an evolution prompt (a <parent> block) or a judge prompt (<parent> and <child>);
+    None for any other prompt. Markers in the parent's question script the fake model: SKIPME,
+    BADANSWER, FOLLOW (evolution); TRUNCATE, GARBAGE, NOGAIN, WRONG, EQUAL (the judge)."""
+    parent, child = tagged_json(text, "parent"), tagged_json(text, "child")
+    if parent is None:
+        return None
+    if child is not None:
+        return _judged(child)
+    operator = re.search(r"Evolution operator: (?:[\w-]+ )?(\w+)\.", text).group(1)
+    return _evolved(parent, operator), "stop"
+
+
+
 def build_reply(messages: list[dict[str, Any]], key: str, config: FaultConfig) -> tuple[str, str]:
     """(reply text, finish_reason) for a chat request, following what the prompt asks for."""
     text = _user_text(messages)
+    evolved = evolution_reply(text)
+    if evolved is not None:
+        return evolved
     if "<current_template>" in text:  # the prompt-optimisation request: return a revised template
         current = re.search(r"<current_template>\n?(.*?)</current_template>", text, re.S)
         body = current.group(1) if current else "{{ question }}\n"

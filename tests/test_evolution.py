@@ -520,3 +520,16 @@ def test_final_rows_keep_the_count_and_put_the_newest_descendant_in_place():
         assert node["sample_id"] == row["sample_id"]
         assert not any(child["parent_ids"] == [out["sample_id"]] for child in kept)
     assert replaced
+
+
+def test_the_round_table_adds_up_per_round():
+    _, _, stats = run()
+    lines = evolution.round_table(stats).splitlines()
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert header[:5] == ["round", "operator", "parents", "evolved", "kept"] and "dropped: no_gain" in header
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    totals = [row for row in rows if row[1] == "all"]
+    assert [row[0] for row in totals] == ["1", "2", "3"]
+    for total, entry in zip(totals, stats["rounds"]):
+        assert int(total[3]) == entry["evolved"] and int(total[4]) == entry["kept"]
+        assert int(total[3]) == int(total[4]) + sum(int(total[header.index(h)]) for h in header if h.startswith("dropped"))

@@ -50,6 +50,25 @@ def test_cli_prints_the_chain(tmp_path, capsys):
     assert cli.main(["lineage", "missing", "--data-root", str(data)]) == 1
 
 
+def test_an_evolved_sample_shows_its_rounds_back_to_the_generated_row(tmp_path, capsys):
+    data = _chain(tmp_path)
+    base = dict(iteration=2, origin="evolved", category="count", image="images/bb/pool.png", image_sha256="bb" * 32)
+    first = sample(sample_id="evo-1", parent_ids=["gen-1"], question="How many small squares are there?", answer="1",
+                   provenance={"backend": "annotations", "operator": "perception", "round": 1},
+                   scores={"difficulty": 3.5}, **base)
+    second = sample(sample_id="evo-2", parent_ids=["evo-1"], question="Are there more small squares than circles?",
+                    answer="no", provenance={"backend": "annotations", "operator": "reasoning", "round": 2},
+                    scores={"difficulty": 5.5}, **base)
+    write_samples([dict(first, kept=True), dict(second, kept=True)], data / "iter=2" / "evolution.parquet")
+    write_samples([dict(second, kept=True)], data / "iter=2" / "kept.parquet")
+    assert cli.main(["lineage", "evo-2", "--data-root", str(data)]) == 0
+    out = capsys.readouterr().out
+    order = [out.index(marker) for marker in ("- evo-2", "evolved: round 2 by reasoning, difficulty 5.5",
+                                               "- evo-1", "evolved: round 1 by perception, difficulty 3.5",
+                                               "- gen-1", "- que-1", "- badcase-1-shapes-7")]
+    assert order == sorted(order)
+
+
 def _stored_chain(tmp_path, monkeypatch):
     """Photos imported into the store (one RGBA, one copied under a second name), and a query and
     a kept sample on them: the chain must end at the photo files."""

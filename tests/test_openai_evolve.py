@@ -1,12 +1,11 @@
 """The openai teacher's evolution (mmloop.teachers.openai_evolve) against the local OpenAI-compatible server.
 
-The server's replies to evolution prompts are scripted here (`scripted_reply`, patched over the
-server's `build_reply`): the markers in a parent's question say what the fake model does.
+The server answers evolution and judge prompts (`openai_server.evolution_reply`): the markers in
+a parent's question say what the fake model does.
 """
 
 import hashlib
 import io
-import json
 import random
 import re
 from pathlib import Path
@@ -27,67 +26,13 @@ REPO = Path(__file__).resolve().parents[1]
 PROMPTS = EvolvePrompts(**{name: str(REPO / f"prompts/evolve_{name}.j2")
                            for name in ("perception", "reasoning", "interaction", "judge")})
 WEIGHTS = {"perception": 0.5, "reasoning": 0.3, "interaction": 0.2}
-GOOD_REASON = "The child needs the small circle too.\nIt is harder."
-BUILD_REPLY = openai_server.build_reply
+GOOD_REASON = openai_server.GOOD_REASON
 
 
 # ---------------------------------------------------------------- the fake model
 
-def _block(text, tag):
-    match = re.search(rf"<{tag}>\n(.*?)\n</{tag}>", text, re.S)
-    return json.loads(match.group(1)) if match else None
-
-
-def _evolved(parent, operator):
-    """The fake model's child of `parent`: the parent's question with the operator's words added."""
-    question, answer = parent["question"], parent["answer"]
-    if "SKIPME" in question:
-        return "Skip"
-    if "BADANSWER" in question:
-        return json.dumps({"question": question + " (finer)", "options": parent["options"],
-                           "answer": "not an option", "rationale": "."})
-    if operator == "interaction" and "FOLLOW" in question:
-        return json.dumps({"format": "mcq", "follow_up": True, "question": "Is it the only one of that colour?",
-                           "options": ["yes", "no"], "answer": "yes", "rationale": "No other object shares it."})
-    if operator == "interaction":  # another format
-        if parent["format"] == "mcq":
-            return json.dumps({"format": "short", "question": question + " Answer in a full sentence.",
-                               "answer": f"The answer is {answer}.", "rationale": "."})
-        return json.dumps({"format": "mcq", "question": question + " Pick one.",
-                           "options": [answer, "None of these."], "answer": answer, "rationale": "."})
-    item = {"question": f"{question} ({operator})", "answer": answer, "rationale": "."}
-    if parent["format"] == "mcq":
-        item["options"] = parent["options"]
-    if operator == "perception":  # fenced, as models often do: repaired, not rejected
-        return "```json\n" + json.dumps(item) + "\n```"
-    return json.dumps(item)
-
-
-def _judged(child):
-    question = child["question"]
-    if "TRUNCATE" in question:
-        return '{"improved": tr', "length"
-    if "GARBAGE" in question:
-        return "The child looks fine to me.", "stop"
-    verdict = {"improved": "NOGAIN" not in question, "correct": "WRONG" not in question,
-               "difficulty_parent": 3, "difficulty_child": 3 if "EQUAL" in question else 6, "reason": GOOD_REASON}
-    return json.dumps(verdict), "stop"
-
-
-def scripted_reply(messages, key, config):
-    text = openai_server._user_text(messages)
-    parent, child = _block(text, "parent"), _block(text, "child")
-    if parent is None:
-        return BUILD_REPLY(messages, key, config)
-    if child is not None:
-        return _judged(child)
-    operator = re.search(r"Evolution operator: (?:[\w-]+ )?(\w+)\.", text).group(1)
-    return _evolved(parent, operator), "stop"
-
-
 @pytest.fixture
-def server(monkeypatch):
-    monkeypatch.setattr(openai_server, "build_reply", scripted_reply)
+def server():
     srv = OpenAIServer(FaultConfig(fault_rate=0.1, fault_kinds=("429", "500"), seed=3)).start()
     yield srv
     srv.stop()
@@ -162,7 +107,7 @@ def test_templates_load_and_render_in_both_image_modes(tmp_path):
     image = evolver.operator_request(mcq, "perception").messages[0]["content"]
     text, attached = image[0]["text"], image[1]["image_url"]["url"]
     assert attached.startswith("data:image/png;base64,") and "<objects>" not in text
-    assert _block(text, "parent") == item_view(mcq) and "Evolution operator: fine-grained perception." in text
+    assert openai_server.tagged_json(text, "parent") == item_view(mcq) and "Evolution operator: fine-grained perception." in text
     assert '"options"' in text and "question type colour, format mcq" in text and "Skip" in text
     short_text = evolver.operator_request(short, "reasoning").messages[0]["content"][0]["text"]
     assert '"answer" is a single full sentence' in short_text and '"options"' not in short_text
@@ -180,7 +125,7 @@ def test_templates_load_and_render_in_both_image_modes(tmp_path):
                  conversations=[*mcq["conversations"], *short["conversations"]],
                  provenance={**short["provenance"], "operator": "interaction"})
     judge = caption.judge_request(child, mcq).messages[0]["content"]
-    assert _block(judge, "parent") == item_view(mcq) and _block(judge, "child")["earlier_turns"] == mcq["conversations"]
+    assert openai_server.tagged_json(judge, "parent") == item_view(mcq) and openai_server.tagged_json(judge, "child")["earlier_turns"] == mcq["conversations"]
     assert 'the "interaction" evolution, which should ask in another form' in judge and "<objects>" in judge
 
 

@@ -296,6 +296,10 @@ def test_the_loop_runs_with_the_openai_teacher_on_a_local_server(repo):
     assert "Running stage 'generate@1'" in out and attempts > 0 and server.counters.unauthorised == 0
     kept = pq.read_table(root / "data" / "iter=1" / "kept.parquet").to_pylist()
     assert kept and all(row["provenance"]["backend"] == "openai" for row in kept)
+    # The openai teacher evolved its own rows, each child judged against its parent.
+    children = pq.read_table(root / "data" / "iter=1" / "evolution.parquet").to_pylist()
+    assert children and all(row["provenance"]["prompt_id"].startswith("evolve_") for row in children)
+    assert any(row["kept"] and row["provenance"]["judge_note"] for row in children)
     with open(root / "metrics" / "history.csv") as handle:
         assert [row["iteration"] for row in csv.DictReader(handle)] == ["0", "1", "2", "3"]
     leaked = subprocess.run(["grep", "-rlF", "--exclude-dir=.git", secret, str(root)], capture_output=True, text=True)

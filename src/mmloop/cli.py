@@ -127,6 +127,25 @@ def _prompts_propose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evolution(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from mmloop.loop.evolution import round_table
+
+    path = Path(args.metrics_dir) / f"iter={args.iteration}.json"
+    try:
+        stats = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        print(f"mmloop evolution: {path}: {err}", file=sys.stderr)
+        return 1
+    if not stats.get("rounds"):
+        print(f"mmloop evolution: {path}: no evolution rounds ran (evolve.rounds is 0)", file=sys.stderr)
+        return 1
+    print(round_table(stats))
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -160,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "table, with the gain in points")
     history.add_argument("--eval-dir", default="metrics/eval", help="where the iter=N.json metrics are")
     history.set_defaults(run=_history)
+    evolution = commands.add_parser("evolution", help="an iteration's evolution rounds as a Markdown table: evolved, "
+                                                      "kept, dropped by reason and difficulty, per operator")
+    evolution.add_argument("iteration")
+    evolution.add_argument("--metrics-dir", default="metrics/evolve", help="where the iter=N.json metrics are")
+    evolution.set_defaults(run=_evolution)
     compare = commands.add_parser("compare", help="DVC experiments' gains per category by arm and seed, as a Markdown "
                                                   "table with each arm's paired difference from the baseline arm")
     compare.add_argument("--by", required=True, help="the params key whose value is the arm (e.g. evolve.rounds)")

@@ -860,3 +860,28 @@ def blind_verdicts(predictions: Sequence[Mapping[str, Any]], margin: float) -> l
         far_above = prediction["correct"] and by_option[right] >= blind_threshold(base, margin)
         verdicts.append((bool(far_above), round(by_option[right], 4)))
     return verdicts
+
+
+# ---------------------------------------------------------------- the report
+
+def round_table(stats: Mapping[str, Any]) -> str:
+    """Markdown of an evolve stage's metrics: per round and operator, the children evolved and
+    kept, the dropped ones by reason, and the mean difficulty of the parents and of the kept."""
+    reasons = [reason for reason in DROP_REASONS
+               if any(reason in entry["dropped"] for entry in stats["rounds"])]
+    header = ["round", "operator", "parents", "evolved", "kept", *(f"dropped: {r}" for r in reasons),
+              "difficulty of parents", "difficulty of kept"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def cell(value: Any) -> str:
+        return "–" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+
+    for entry in stats["rounds"]:
+        rows = [("all", entry)] + [(name, values) for name, values in entry["operators"].items()]
+        for name, values in rows:
+            lines.append("| " + " | ".join(cell(value) for value in [
+                entry["round"] if name == "all" else "", name, entry["parents"] if name == "all" else "",
+                values["evolved"], values["kept"], *(values["dropped"].get(reason, 0) for reason in reasons),
+                entry["parents_mean_difficulty"] if name == "all" else None,
+                values["mean_difficulty"]["kept"]]) + " |")
+    return "\n".join(lines)
