@@ -96,7 +96,7 @@ def test_answer_format_makes_the_stages_that_read_it_stale_and_everything_downst
     stale = _stale(root, env, lambda: (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False)),
                    lambda: (root / "params.yaml").write_text(original))
     iterations = params["loop"]["iterations"]
-    assert set(stale) == {"curate", "evaluate-base", *(f"{stage}@{name}" for stage in ("generate", "evaluate")
+    assert set(stale) == {"curate", "evaluate-base", *(f"{stage}@{name}" for stage in ("generate", "evolve", "evaluate")
                                                           for name in iterations)}
     # Downstream of those, through the outputs each stage reads (dvc.lock), is everything but the
     # stages upstream of them: world, store, bench, clip.

@@ -361,7 +361,7 @@ def fit(model, processor, records: Sequence[Mapping[str, Any]], settings: Optimi
 
     from transformers import TrainingArguments
 
-    from mmloop.io import show_progress, stable_hash
+    from mmloop.io import stable_hash
     from mmloop.models.architectures import architecture
     from mmloop.models.vlm import quiet_library_progress
 
@@ -382,49 +382,18 @@ def fit(model, processor, records: Sequence[Mapping[str, Any]], settings: Optimi
     scratch = tempfile.TemporaryDirectory(prefix="mmloop-train-") if output_dir is None else None
     output_dir = Path(scratch.name if scratch else output_dir)
 
-    args = TrainingArguments(
-        output_dir=str(output_dir), per_device_train_batch_size=settings.batch_size,
-        num_train_epochs=settings.epochs, learning_rate=settings.lr, weight_decay=settings.weight_decay,
-        warmup_steps=settings.warmup_ratio, lr_scheduler_type="cosine_with_min_lr",
-        lr_scheduler_kwargs={"min_lr_rate": 0.1}, max_grad_norm=settings.max_grad_norm,
-        seed=seed, data_seed=seed,
-        logging_steps=settings.logging_steps, logging_first_step=True,
-        save_strategy="no" if scratch else "steps", save_steps=settings.save_steps, save_total_limit=1,
-        activation_checkpointing=settings.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
-        bf16=precision == "bfloat16", fp16=precision == "float16", use_cpu=device == "cpu",
-        include_num_input_tokens_seen="non_padding", remove_unused_columns=False, dataloader_pin_memory=False,
-        report_to="none", disable_tqdm=not show_progress(), log_level="warning",
-    )
+    args = TrainingArguments(**trainer_arguments(settings, output_dir, checkpoints=scratch is None, seed=seed,
+                                                 precision=precision, device=device),
+                             include_num_input_tokens_seen="non_padding")
     with args.main_process_first(local=False):
         resumed_from = _checkpoints(output_dir, key)
-    callbacks = []
-    if live_dir is not None:
-        from dvclive import Live
-        from transformers.integrations import DVCLiveCallback
-
-        # One logger, on the main process: a Live object clears its folder when it starts.
-        live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None, resume=bool(resumed_from)) \
-            if args.process_index == 0 else None
-        callbacks.append(DVCLiveCallback(live=live))
     trainer = _trainer_class()(model=model, args=args, train_dataset=examples,
                                data_collator=Collator(processor, images, source,
                                                       architecture(model).reply_token_types),
-                               callbacks=callbacks)
+                               callbacks=live_callbacks(live_dir, args, resumed_from))
     trainer.source = source
-    if not show_progress():  # without a bar the Trainer prints every log line; CI stays quiet
-        from transformers.trainer_callback import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)
-    try:
-        result = trainer.train(resume_from_checkpoint=str(output_dir / f"checkpoint-{resumed_from}")
-                               if resumed_from else None)
-    finally:
-        if scratch is not None:
-            scratch.cleanup()
-    model.eval()
-    if trainer.is_world_process_zero() and scratch is None:
-        shutil.rmtree(output_dir, ignore_errors=True)
+    quiet_printer(trainer)
+    result = run_trainer(trainer, output_dir, resumed_from, scratch)
     wall = time.perf_counter() - started
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     runtime = result.metrics["train_runtime"]
@@ -438,6 +407,72 @@ def fit(model, processor, records: Sequence[Mapping[str, Any]], settings: Optimi
         "losses": [round(value, 4) for value in losses], "wall_s": wall, "encode_s": encode_s,
         "precision": precision, "processes": args.world_size,
     }
+
+
+def trainer_arguments(settings: Optimisation, output_dir: str | os.PathLike, *, checkpoints: bool, seed: int,
+                      precision: str, device: str) -> dict[str, Any]:
+    """The Trainer arguments every mmloop training shares (`fit`, `preference.train_preference`), as
+    keywords for TrainingArguments or a subclass of it (TRL's configs): the settings' optimisation, a
+    cosine schedule to a tenth of the rate, seeded order, the first step logged, checkpoints every
+    `settings.save_steps` when `checkpoints`, `precision`'s mixed precision, `device` "cpu" keeping
+    the Trainer off any accelerator, and no bars or reports outside a terminal."""
+    from mmloop.io import show_progress
+
+    return dict(
+        output_dir=str(output_dir), per_device_train_batch_size=settings.batch_size,
+        num_train_epochs=settings.epochs, learning_rate=settings.lr, weight_decay=settings.weight_decay,
+        warmup_steps=settings.warmup_ratio, lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": 0.1}, max_grad_norm=settings.max_grad_norm,
+        seed=seed, data_seed=seed,
+        logging_steps=settings.logging_steps, logging_first_step=True,
+        save_strategy="steps" if checkpoints else "no", save_steps=settings.save_steps, save_total_limit=1,
+        activation_checkpointing=settings.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
+        bf16=precision == "bfloat16", fp16=precision == "float16", use_cpu=device == "cpu",
+        remove_unused_columns=False, dataloader_pin_memory=False,
+        report_to="none", disable_tqdm=not show_progress(), log_level="warning",
+    )
+
+
+def live_callbacks(live_dir: str | os.PathLike | None, args, resumed_from: int) -> list:
+    """[DVCLive's callback logging to `live_dir`] ([] without one), continuing its logs when the run
+    resumes from a checkpoint."""
+    if live_dir is None:
+        return []
+    from dvclive import Live
+    from transformers.integrations import DVCLiveCallback
+
+    # One logger, on the main process: a Live object clears its folder when it starts.
+    live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None, resume=bool(resumed_from)) \
+        if args.process_index == 0 else None
+    return [DVCLiveCallback(live=live)]
+
+
+def quiet_printer(trainer) -> None:
+    """Without a progress bar the Trainer prints every log line; CI stays quiet."""
+    from mmloop.io import show_progress
+
+    if not show_progress():
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+
+
+def run_trainer(trainer, output_dir: Path, resumed_from: int, scratch=None):
+    """`trainer.train()`, resumed from checkpoint-<resumed_from> of `output_dir` when that is not 0.
+    The `scratch` folder (a TemporaryDirectory standing in for `output_dir`) is removed whatever
+    happens; a kept `output_dir` once training has ended, by the main process; the model is left in
+    eval mode. Returns the Trainer's TrainOutput."""
+    try:
+        result = trainer.train(resume_from_checkpoint=str(output_dir / f"checkpoint-{resumed_from}")
+                               if resumed_from else None)
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
+    trainer.model.eval()
+    if trainer.is_world_process_zero() and scratch is None:
+        shutil.rmtree(output_dir, ignore_errors=True)
+    return result
 
 
 def is_main_process() -> bool:
