@@ -37,8 +37,10 @@ def test_params_yaml_lists_every_key_with_the_default_value():
     ({"world": {"image_size": 60, "grid": 8}}, "world: Value error, image_size (60) must be a multiple of grid (8)"),
     ({"generate": {"backend": "openai"}}, "generate: Value error, backend 'openai' needs generate.openai"),
     ({"generate": {"openai": {"model": "m", "api_key": "sk-x"}}}, "api_key is not allowed"),
-    ({"loop": {"iterations": {"1": {"prev": "2"}, "2": {"prev": "1"}}}}, "cycle"),
-    ({"loop": {"iterations": {"1": {"prev": "7"}}}}, "names '7', which is not an iteration"),
+    ({"loop": {"iterations": {"1": {"prev": "2", "train": "sft"}, "2": {"prev": "1", "train": "sft"}}}}, "cycle"),
+    ({"loop": {"iterations": {"1": {"prev": "7", "train": "sft"}}}}, "names '7', which is not an iteration"),
+    ({"loop": {"iterations": {"1": {"prev": "0"}}}}, "loop.iterations.1.train: Field required"),
+    ({"loop": {"iterations": {"1": {"prev": "0", "train": "dpo"}}}}, "loop.iterations.1.train"),
 ])
 def test_bad_values_are_named_by_section_key_and_value(change, message):
     with pytest.raises(ValueError) as error:
@@ -60,7 +62,8 @@ def test_a_stage_reads_only_what_it_declares(tmp_path, monkeypatch):
 
 
 def test_ancestry_and_stage_seeds():
-    loop = config.LoopConfig(iterations={"1": config.Iteration(prev="0"), "2": config.Iteration(prev="1")})
+    loop = config.LoopConfig(iterations={"1": config.Iteration(prev="0", train="sft"),
+                                         "2": config.Iteration(prev="1", train="sft")})
     assert config.ancestry(loop, "2") == ["2", "1", "0"]
     with pytest.raises(KeyError, match="'7'"):
         config.ancestry(loop, "7")

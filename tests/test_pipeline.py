@@ -24,6 +24,10 @@ TINY = {
     "sample": {"budget": 120},
     "evolve": {"rounds": 2},  # the default loop does not evolve; this one runs every stage's code
     "train": {"epochs": 1},
+    "sena": {"images": 24, "max_new_tokens": 16},
+    "preference": {"lr": 0.005},
+    # Iteration 2 trains by SFT, then by preference on the model's own pairs (SENA).
+    "loop": {"iterations": {"1": {"prev": "0", "train": "sft"}, "2": {"prev": "1", "train": "both"}}},
 }
 
 
@@ -163,6 +167,23 @@ def test_evolution_is_judged_per_round_and_its_chain_reaches_the_image(repo):
     assert "[generated, iteration 1" in out and "[query, iteration 1" in out and "[badcase, iteration 0" in out
 
 
+@pytest.mark.slow
+def test_a_preference_iteration_trains_on_the_models_own_pairs(repo):
+    import pyarrow.parquet as pq
+
+    root, env = repo
+    pairs = pq.read_table(root / "data" / "iter=2" / "pairs.parquet").to_pylist()
+    dropped = pq.read_table(root / "data" / "iter=2" / "pairs_dropped.parquet").to_pylist()
+    assert len(pairs) + len(dropped) >= 24 and pairs
+    assert all(row["answer"] and row["rejected"] and row["noise_t"] == 600 for row in pairs)
+    assert all(row["reject_reason"] for row in dropped)
+    assert pq.read_table(root / "data" / "iter=1" / "pairs.parquet").num_rows == 0  # iteration 1 is sft
+    stats = json.loads((root / "metrics" / "train" / "iter=2.json").read_text())
+    assert stats["mode"] == "both" and stats["kept"] > 0 and stats["preference"]["pairs"] == len(pairs)
+    out = _run(["mmloop", "lineage", pairs[0]["sample_id"]], root, env)
+    assert "[preference, iteration 2" in out and f"noise t=600 seed {pairs[0]['noise_seed']}" in out
+
+
 def _free_port() -> int:
     import socket
 
@@ -179,7 +200,7 @@ def _tree(root: Path) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_the_train_stage_runs_data_parallel_under_accelerate_launch(repo, tmp_path):
-    """`accelerate launch stages/train.py 1 0` with two processes (gloo on the CPU): the Trainer
+    """`accelerate launch stages/train.py 1 0 sft` with two processes (gloo on the CPU): the Trainer
     sees a world of 2, each process takes half the batches, and only the first writes outputs.
     Before the tests that change the fixture's repo, so it trains on the first repro's data."""
     import pyarrow.parquet as pq
@@ -207,7 +228,7 @@ def test_the_train_stage_runs_data_parallel_under_accelerate_launch(repo, tmp_pa
     launcher = Path(sys.executable).parent / "accelerate"
     args = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-            "stages/train.py", "1", "0"]
+            "stages/train.py", "1", "0", "sft"]
     result = subprocess.run(args, cwd=root, env=dict(env, CUDA_VISIBLE_DEVICES=""), capture_output=True, text=True,
                             timeout=1200)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
@@ -244,11 +265,12 @@ def test_the_train_stage_runs_data_parallel_under_accelerate_launch(repo, tmp_pa
 def test_appending_an_iteration_runs_only_its_stages(repo):
     root, env = repo
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["loop"]["iterations"]["3"] = {"prev": "2"}
+    params["loop"]["iterations"]["3"] = {"prev": "2", "train": "sft"}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = _run(["dvc", "repro"], root, env)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"sample@3", "generate@3", "eliminate@3", "train@3", "evaluate@3", "aggregate"}
+    assert ran == {"sample@3", "generate@3", "evolve@3", "eliminate@3", "selfgen@3", "train@3", "evaluate@3",
+                   "aggregate"}
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import torch
 
 import tiny_vlms
 from mmloop.loop import preference, training
-from mmloop.loop.preference import PreferenceSettings
+from mmloop.config import PreferenceConfig
 from mmloop.models import architectures, vlm
 
 # TRL reads the deprecated `is_gradient_checkpointing` on every reference pass; nothing to act on here.
@@ -50,7 +50,7 @@ def data(tmp_path_factory):
 
 
 def tiny_llava(pairs):
-    texts = [f"{PROMPT} {CHOSEN} {REJECTED} {DESCRIPTION}", PreferenceSettings().description_prompt]
+    texts = [f"{PROMPT} {CHOSEN} {REJECTED} {DESCRIPTION}", PreferenceConfig().description_prompt]
     return vlm.build(texts, seed=0, text_layers=1, vision_layers=1)
 
 
@@ -125,7 +125,7 @@ def test_no_valid_pair_is_an_error_with_the_counts_before_any_model_work(data):
     rows = [{**pair, "rejected": pair["chosen"]} for pair in pairs[:3]]
     with pytest.raises(training.TrainingError, match=r"pairs\.parquet: no valid preference pair .*3 given.*"
                                                      r"'same_answer': 3"):
-        preference.train_preference(None, None, rows, PreferenceSettings(), seed=0, data_root=root,
+        preference.train_preference(None, None, rows, PreferenceConfig(), seed=0, data_root=root,
                                     source="pairs.parquet")
 
 
@@ -135,7 +135,7 @@ def test_a_non_finite_loss_stops_training_naming_the_pairs(data):
     with torch.no_grad():
         model.model.multi_modal_projector.linear_1.weight.fill_(float("nan"))
     with pytest.raises(training.TrainingError, match=r"pairs\.parquet: the loss is nan at step 1 on pairs \['p"):
-        preference.train_preference(model, processor, pairs[:4], PreferenceSettings(**FAST), seed=0,
+        preference.train_preference(model, processor, pairs[:4], PreferenceConfig(**FAST), seed=0,
                                     data_root=root, source="pairs.parquet")
 
 
@@ -150,7 +150,7 @@ def test_dpo_raises_the_margin_over_the_reference_and_the_adapter_reloads(data, 
     model, processor = tiny_llava(pairs)
     vlm.save(model, processor, tmp_path / "base")
     before = margins(model, processor, pairs, root)
-    settings = PreferenceSettings(epochs=2, **FAST)
+    settings = PreferenceConfig(epochs=2, **FAST)
     peft_model, stats = preference.train_preference(model, processor, pairs, settings, seed=0, data_root=root,
                                                     output_dir=tmp_path / "checkpoints", live_dir=tmp_path / "live")
     assert stats["pairs"] == 16 and stats["described"] == 8 and stats["dropped"] == {} and stats["steps"] == 8
@@ -190,7 +190,7 @@ def test_the_alignment_term_is_added_to_the_dpo_loss_and_logged(data):
     runs = {}
     for weight in (0.0, 2.0):
         model, processor = tiny_llava(pairs)
-        settings = PreferenceSettings(epochs=1, alignment_weight=weight, **FAST)  # one step on one batch
+        settings = PreferenceConfig(epochs=1, alignment_weight=weight, **FAST)  # one step on one batch
         _, runs[weight] = preference.train_preference(model, processor, described, settings, seed=0, data_root=root)
     plain, aligned = runs[0.0], runs[2.0]
     assert plain["steps"] == aligned["steps"] == 1
@@ -212,7 +212,7 @@ def test_dpo_on_every_architecture_of_the_matrix(data, tmp_path, name):
     model, processor = vlm.load(tiny_vlms.build(name, tmp_path / name), trainable=True)
     rows = pairs[:4]
     before = margins(model, processor, rows, root)
-    peft_model, stats = preference.train_preference(model, processor, rows, PreferenceSettings(epochs=3, **FAST),
+    peft_model, stats = preference.train_preference(model, processor, rows, PreferenceConfig(epochs=3, **FAST),
                                                     seed=0, data_root=root)
     assert stats["steps"] == 3 and all(math.isfinite(loss) for loss in stats["losses"])
     assert stats["alignment_nll"] is not None and stats["reward_margin"] > 0
@@ -226,7 +226,7 @@ def test_a_killed_round_resumes_from_its_checkpoint_and_ends_where_an_unbroken_r
                                                                                         monkeypatch):
     root, pairs = data
     pairs = pairs[:8]
-    settings = PreferenceSettings(epochs=2, save_steps=2, **FAST)
+    settings = PreferenceConfig(epochs=2, save_steps=2, **FAST)
     unbroken, stats = preference.train_preference(*tiny_llava(pairs), pairs, settings, seed=0, data_root=root)
     expected = margins(unbroken, tiny_llava(pairs)[1], pairs, root)
 

@@ -240,6 +240,37 @@ class TrainConfig(Optimisation):
     train_vision: bool = False  # also train the vision tower fully (frozen by default)
 
 
+class PreferenceConfig(Optimisation):
+    """A preference round (SENA): DPO on self-generated pairs plus the image-alignment term, LoRA on
+    the previous model (its own reference). Dropout is off during DPO (TRL's `disable_dropout`: the
+    policy and reference passes must see the same network), so there is no LoRA dropout setting."""
+
+    epochs: float = Field(1, gt=0)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    beta: float = Field(0.1, gt=0)  # SENA's DPO beta
+    alignment_weight: float = Field(1.0, ge=0)  # 0: plain DPO
+    description_prompt: str = Field("Describe the image in detail.", min_length=1)  # the alignment term's user turn
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    train_vision: bool = False  # also train the vision tower fully (frozen by default)
+
+
+class SenaConfig(Section):
+    """SENA's self-generated preference data: the previous model asks, checks, answers, describes
+    and refines on pool images; its answer on a DDPM-noised image is the rejected one."""
+
+    images: int = Field(600, ge=1)  # pool images per iteration (drawn with the iteration's seed)
+    max_question_tries: int = Field(3, ge=1)
+    temperature: float = Field(0.9, gt=0)  # sampling of the self-asked questions
+    max_new_tokens: int = Field(48, ge=1)
+    noise_t: int = Field(600, ge=0, le=1000)  # forward-diffusion step of the rejected answer's image (of 1000)
+    self_check: bool = True  # ablation: false uses the first question unchecked
+    self_enhance: bool = True  # ablation: false makes the first answer the chosen one
+    batch_size: int = Field(16, ge=1)
+    threads: int = Field(2, ge=1)
+
+
 class ComputeConfig(Section):
     """Where and in what precision the VLM stages run."""
 
@@ -396,11 +427,15 @@ class EliminateConfig(Section):
 
 class Iteration(Section):
     prev: str
+    # How the iteration trains: sft (LoRA on the teacher's kept data, with replay), preference (DPO
+    # on the model's own pairs, SENA) or both (SFT, then DPO on the result). dvc.yaml passes it on
+    # the selfgen and train command lines, so every iteration names it in params.yaml.
+    train: Literal["sft", "preference", "both"]
 
 
 class LoopConfig(Section):
     seed: int = 0  # varies the iterations' draws only: world and base model stay the same
-    iterations: dict[str, Iteration] = {"1": Iteration(prev="0"), "2": Iteration(prev="1")}
+    iterations: dict[str, Iteration] = {"1": Iteration(prev="0", train="sft"), "2": Iteration(prev="1", train="sft")}
 
     @model_validator(mode="after")
     def _chain(self) -> "LoopConfig":
@@ -434,6 +469,8 @@ class Params(Section):
     evolve: EvolveConfig = EvolveConfig()
     eliminate: EliminateConfig = EliminateConfig()
     train: TrainConfig = TrainConfig()
+    sena: SenaConfig = SenaConfig()
+    preference: PreferenceConfig = PreferenceConfig()
     loop: LoopConfig = LoopConfig()
 
 

@@ -27,11 +27,6 @@ CASE
 END
 """
 
-_COLUMNS = ("sample_id", "parent_ids", "iteration", "origin", "category", "format",
-            "question", "answer", "image", "image_sha256", "kept", "reject_reason", "provenance", "scores",
-            "filename")
-
-
 def _nodes_sql(data_root: Path) -> str:
     pattern = (data_root / "**" / "*.parquet").as_posix().replace("'", "''")
     return f"""
@@ -81,8 +76,7 @@ def trace(sample_id: str, data_root: str | Path = "data") -> list[dict[str, Any]
     connection = duckdb.connect()
     connection.execute(f"CREATE TEMP VIEW nodes AS {_nodes_sql(data_root)}")
     connection.execute(f"CREATE TEMP VIEW originals AS {_originals_sql(data_root)}")
-    columns = ", ".join(f"n.{name}" for name in _COLUMNS)
-    rows = connection.execute(
+    cursor = connection.execute(
         f"""
         WITH RECURSIVE edges AS (
           SELECT sample_id AS child, unnest(parent_ids) AS parent FROM nodes
@@ -94,15 +88,16 @@ def trace(sample_id: str, data_root: str | Path = "data") -> list[dict[str, Any]
           FROM chain c JOIN edges e ON e.child = c.sample_id
           WHERE NOT list_contains(c.path, e.parent)
         )
-        SELECT c.depth, c.via, c.sample_id AS node, {columns}, coalesce(o.originals, []) AS originals
+        SELECT c.depth, c.via, c.sample_id AS node, n.*,
+               coalesce(o.originals, []) AS originals
         FROM chain c LEFT JOIN nodes n ON n.sample_id = c.sample_id
         LEFT JOIN originals o ON o.sha256 = n.image_sha256
         ORDER BY c.depth, c.via, c.sample_id
         """,
         [sample_id, sample_id],
-    ).fetchall()
-    names = ["depth", "via", "node", *_COLUMNS, "originals"]
-    chain = [dict(zip(names, row)) for row in rows]
+    )
+    names = [column[0] for column in cursor.description]
+    chain = [dict(zip(names, row)) for row in cursor.fetchall()]
     if not chain or chain[0]["sample_id"] is None:
         raise KeyError(f"{sample_id}: no such sample_id in any parquet file under {data_root}")
     return chain
@@ -141,6 +136,9 @@ def format_chain(chain: list[dict[str, Any]]) -> str:
             note = f" ({provenance['judge_note']})" if provenance.get("judge_note") else ""
             lines.append(f"{indent}    evolved: round {provenance.get('round')} by {provenance.get('operator')}"
                          f"{judged}{note}")
+        if node.get("noise_seed") is not None:  # a preference pair: its rejected answer's image
+            lines.append(f"{indent}    rejected: {node['rejected']!r} on the image noised to "
+                         f"noise t={node['noise_t']} seed {node['noise_seed']}")
         if provenance.get("source"):  # the data file (and record) it was read from: a benchmark item, a seed record
             lines.append(f"{indent}    source: {provenance['source']}")
         lines.append(f"{indent}    file: {node['filename']}")

@@ -187,6 +187,21 @@ def make_sample_id(image_sha256: str | None, conversations: Sequence[Mapping[str
     return f"{origin[:3]}-{stable_hash(image_sha256, turns, origin, *extra)}"
 
 
+# A preference pair is a sample (its question, the chosen answer, the image, lineage) plus the
+# rejected answer and how it was made (SENA: the image noised to step noise_t with noise_seed).
+PAIR_COLUMNS = ("rejected", "initial_answer", "description", "noise_t", "noise_seed", "check_margin")
+
+
+@functools.cache
+def pair_schema():
+    import pyarrow as pa
+
+    extra = [pa.field("rejected", pa.string()), pa.field("initial_answer", pa.string()),
+             pa.field("description", pa.string()), pa.field("noise_t", pa.int32()),
+             pa.field("noise_seed", pa.int64()), pa.field("check_margin", pa.float64())]
+    return pa.schema([*sample_schema(), *extra])
+
+
 def sample(**fields: Any) -> dict[str, Any]:
     """A sample record with every schema field present (missing ones null)."""
     names = sample_schema().names

@@ -37,9 +37,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
-
-from mmloop.config import Optimisation
+from mmloop.config import PreferenceConfig
 from mmloop.loop.training import IGNORE_INDEX, TrainingError
 
 # Why a pair is dropped, in the order they are checked (a pair gets the first that applies).
@@ -49,24 +47,49 @@ REQUIRED_FIELDS = ("pair_id", "image", "image_sha256", "prompt", "chosen", "reje
 OPTIONAL_FIELDS = ("description", "category")
 
 
-class PreferenceSettings(Optimisation):
-    """One preference round's settings: the `Optimisation` fields every training shares, DPO's beta,
-    the alignment term's weight and prompt, and the LoRA shape. Dropout is switched off during DPO
-    (TRL's `disable_dropout`: the policy and reference passes must see the same network), so there is
-    no LoRA dropout setting."""
-
-    epochs: float = Field(1, gt=0)
-    batch_size: int = Field(8, ge=1)
-    lr: float = Field(5e-5, gt=0)
-    beta: float = Field(0.1, gt=0)  # SENA's DPO beta
-    alignment_weight: float = Field(1.0, ge=0)  # 0: plain DPO
-    description_prompt: str = Field("Describe the image in detail.", min_length=1)  # the alignment term's user turn
-    lora_r: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    train_vision: bool = False  # also train the vision tower fully (frozen by default)
-
-
 # ---------------------------------------------------------------- the pairs
+
+def pair_row(pair: Mapping[str, Any], *, iteration: int | str, model: str) -> dict[str, Any]:
+    """A self-generated pair (`teachers.self_teacher`'s fields, `reason` when dropped) as a row of
+    `schema.pair_schema`: a sample whose question is the prompt and whose answer is the chosen one,
+    so lineage walks it like any sample, plus the rejected answer and its noise."""
+    from mmloop.io import stable_hash
+    from mmloop.schema import PAIR_COLUMNS, sample
+
+    made = dict(pair.get("provenance") or {})
+    prompts = made.get("prompts") or []
+    conversations = ([{"role": "user", "content": pair["prompt"]}, {"role": "assistant", "content": pair["chosen"]}]
+                     if pair.get("prompt") and pair.get("chosen") else [])
+    row = sample(sample_id=pair["pair_id"], parent_ids=list(pair.get("parent_ids") or []), iteration=int(iteration),
+                 origin="preference", image=pair["image"], image_sha256=pair["image_sha256"],
+                 conversations=conversations, category=pair.get("category") or "self", format="short",
+                 question=pair.get("prompt"), answer=pair.get("chosen"), kept=pair.get("reason") is None,
+                 reject_reason=pair.get("reason"),
+                 provenance={"backend": made.get("backend", "self"), "model": model,
+                             "prompt_id": "+".join(str(p["id"]) for p in prompts) or None,
+                             "prompt_sha256": stable_hash(*[p["sha256"] for p in prompts]) if prompts else None,
+                             "round": made.get("tries")})
+    row.update({name: pair.get(name) for name in PAIR_COLUMNS})
+    row["check_margin"] = made.get("check_margin")
+    return row
+
+
+def write_pairs(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> int:
+    """Pair rows (`pair_row`) as parquet, atomically."""
+    from mmloop.schema import pair_schema, write_samples
+
+    return write_samples(rows, path, schema=pair_schema())
+
+
+def read_pairs(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The pairs of a pairs.parquet, with the fields `validate_pairs` and `train_preference` read."""
+    import pyarrow.parquet as pq
+
+    return [{"pair_id": row["sample_id"], "parent_ids": row["parent_ids"], "image": row["image"],
+             "image_sha256": row["image_sha256"], "prompt": row["question"], "chosen": row["answer"],
+             "rejected": row["rejected"], "description": row["description"], "category": row["category"]}
+            for row in pq.read_table(path).to_pylist()]
+
 
 def _field(pair: Mapping[str, Any], name: str, source: str, *, required: bool) -> str | None:
     """The field's text (None when null), or ValueError naming the file, the pair and the field."""
@@ -267,7 +290,7 @@ def _start_key(model) -> list:
     return [[name, round(float(p.detach().double().sum()), 6)] for name, p in model.named_parameters()]
 
 
-def train_preference(model, processor, pairs: Sequence[Mapping[str, Any]], settings: PreferenceSettings, *,
+def train_preference(model, processor, pairs: Sequence[Mapping[str, Any]], settings: PreferenceConfig, *,
                      seed: int, data_root: str | os.PathLike = "data", source: str = "pairs",
                      output_dir: str | os.PathLike | None = None, live_dir: str | os.PathLike | None = None,
                      precision: str = "float32", device: str = "cpu"):
