@@ -77,7 +77,7 @@ def trace(sample_id: str, data_root: str | Path = "data") -> list[dict[str, Any]
     connection.execute(f"CREATE TEMP VIEW nodes AS {_nodes_sql(data_root)}")
     connection.execute(f"CREATE TEMP VIEW originals AS {_originals_sql(data_root)}")
     cursor = connection.execute(
-        f"""
+        """
         WITH RECURSIVE edges AS (
           SELECT sample_id AS child, unnest(parent_ids) AS parent FROM nodes
         ),
