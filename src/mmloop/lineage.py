@@ -114,7 +114,9 @@ def format_chain(chain: list[dict[str, Any]]) -> str:
         verdict = ""
         if node["kept"] is not None:
             verdict = "  kept" if node["kept"] else f"  rejected: {node['reject_reason']}"
-        head = f"{indent}- {node['sample_id']}  [{node['origin']}, iteration {node['iteration']}, {node['category']}]{verdict}"
+        form = f", {node['format']}" if node.get("format") else ""
+        head = (f"{indent}- {node['sample_id']}  [{node['origin']}, iteration {node['iteration']}, "
+                f"{node['category']}{form}]{verdict}")
         lines.append(head)
         if node["question"]:
             answer = f" -> {node['answer']}" if node["answer"] else ""
