@@ -285,7 +285,8 @@ def test_a_new_loop_seed_leaves_world_and_base_model_alone(repo):
     finally:
         (root / "params.yaml").write_text(original)
     iterations = params["loop"]["iterations"]
-    assert stale == {f"{stage}@{name}" for stage in ("sample", "generate", "eliminate", "train") for name in iterations}
+    assert stale == {f"{stage}@{name}" for stage in ("sample", "generate", "evolve", "eliminate", "selfgen", "train")
+                     for name in iterations}
 
 
 @pytest.mark.slow
