@@ -19,6 +19,7 @@ from mmloop import config, sources, stage
 from mmloop.io import write_json
 from mmloop.loop.preference import pair_row, validate_pairs, write_pairs
 from mmloop.store import read_index
+from mmloop.teachers.self_teacher import DEFAULT_TEMPLATES, SelfTeacher
 
 PARAMS = ("seed", "loop.seed", "sena", "pool", "compute")
 DATA_ROOT = Path("data")
@@ -26,8 +27,7 @@ PREFERENCE_MODES = ("preference", "both")
 
 
 def inputs(iteration: str, prev: str, mode: str) -> list[str]:
-    return [f"models/iter={prev}", "data/store", "prompts/self_question.j2", "prompts/self_check.j2",
-            "prompts/self_answer.j2", "prompts/self_describe.j2", "prompts/self_refine.j2"]
+    return [f"models/iter={prev}", "data/store", *DEFAULT_TEMPLATES.values()]
 
 
 def param_deps(params: config.Params) -> list[str]:
@@ -55,8 +55,6 @@ def main(argv: list[str]) -> None:
     images = [{**image, "sample_id": f"pool-{image['image_sha256'][:16]}"} for image in chosen]
 
     from mmloop.models import vlm
-    from mmloop.teachers.self_teacher import SelfTeacher
-
     vlm.set_threads(settings.threads)
     device, dtype = vlm.placement(params.compute)
     teacher = SelfTeacher.from_pretrained(

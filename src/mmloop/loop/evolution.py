@@ -53,6 +53,7 @@ from typing import Any, Protocol
 
 from mmloop import questions
 from mmloop.io import stable_hash
+from mmloop.loop.elimination import normalise_text, verify_answer
 from mmloop.questions import SceneObject, Vocabulary
 from mmloop.schema import (ANSWER_MISMATCH, DUPLICATE, JUDGE_LOW, NO_GAIN, VISUALLY_INDEPENDENT, make_sample_id,
                            sample)
@@ -488,8 +489,6 @@ def verify(row: Mapping[str, Any], objects: Sequence[SceneObject]) -> bool:
     """Whether a row is correct on its image: its program (and every context turn's) re-executes
     to the recorded answers, each follow-up follows from its turn, and the conversation is the
     programs' rendering."""
-    from mmloop.loop.elimination import verify_answer
-
     program = row_program(row)
     if program is None or verify_answer(row, {row["image_sha256"]: objects}) is not True:
         return False
@@ -570,8 +569,6 @@ def operator_order(weights: Mapping[str, float], rng: random.Random) -> list[str
 
 
 def content_key(row: Mapping[str, Any]) -> tuple:
-    from mmloop.loop.elimination import normalise_text
-
     return (row.get("image_sha256"),
             tuple((turn["role"], normalise_text(turn["content"])) for turn in row.get("conversations") or []))
 
